@@ -1,0 +1,40 @@
+from setuptools import find_packages, setup
+
+# torch stays loose so GPU users keep their own build; on a CPU-only machine install `torch==2.13.0`
+# first (see README), or pip resolves the newest CUDA wheel.
+install_requires = [
+    "torch>=2.6",
+    "diffusers>=0.42",
+    "transformers>=5.0",
+    "accelerate>=1.0",
+    "safetensors>=0.4",
+    "huggingface-hub>=1.0",
+    "numpy",
+    "pillow",
+    "tqdm",
+    "imageio",
+    "imageio-ffmpeg",
+]
+
+extras = {
+    "train": ["datasets>=3.0", "av", "tensorboard", "matplotlib", "pyyaml", "peft>=0.17"],
+    "app": ["gradio>=5.0"],
+    "test": ["pytest>=8", "pytest-timeout"],
+}
+extras["dev"] = sorted({req for reqs in extras.values() for req in reqs})
+
+setup(
+    name="videoar-hf",
+    version="0.1.0.dev0",
+    description="VideoAR (arXiv 2601.05966): autoregressive video generation by next-frame and next-scale prediction, "
+    "in diffusers and transformers.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    install_requires=install_requires,
+    extras_require=extras,
+    entry_points={"console_scripts": ["videoar=videoar_hf.cli:main"]},
+)

@@ -1,0 +1,31 @@
+"""Write a folder so that readers only ever see the old complete version or the new complete one."""
+
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike):
+    """Yield a temporary folder beside `target`; on success it replaces `target` by rename, on error it is removed.
+
+    Both live in the same parent, so the renames never cross file systems.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, backup)
+        os.rename(tmp, target)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.rename(tmp, target)

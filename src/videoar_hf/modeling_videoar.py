@@ -1,0 +1,306 @@
+"""The VideoAR transformer: causal next-frame and next-scale prediction of bitwise tokens (PAPER.md §3)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep, to_additive_mask
+from .cache import VideoARCache
+from .configuration_videoar import VideoARConfig
+from .quantizer import pack_scales
+from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, text_position_ids, video_position_ids
+from .scale_schedule import TokenLayout, get_scale_sizes
+
+
+@dataclass
+class VideoARTransformerOutput(ModelOutput):
+    """
+    loss: mean bitwise binary cross-entropy over every token and bit, when `labels` are given.
+    logits: `(B, N, d)` one logit per bit of every video token, in sequence order (frame, scale, row, column).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class VideoARRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_fp32 = x.float()
+        x_fp32 = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x_fp32.to(x.dtype)
+
+
+class VideoARMLP(nn.Module):
+    """SwiGLU, as in LLaMA."""
+
+    def __init__(self, config: VideoARConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    return torch.matmul(attn_weights, value).transpose(1, 2).contiguous(), attn_weights
+
+
+class VideoARAttention(nn.Module):
+    is_causal = False  # the block-causal mask is always passed explicitly
+
+    def __init__(self, config: VideoARConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, x_BNC, position_embeddings, attention_mask, past_key_values: VideoARCache | None = None):
+        B, N, _ = x_BNC.shape
+        q, k, v = (proj(x_BNC).view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for proj in
+                   (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        if past_key_values is not None:
+            k, v = past_key_values.update(self.layer_idx, k, v)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        out_BNHd, _ = attention_interface(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        return self.o_proj(out_BNHd.reshape(B, N, -1))
+
+
+class VideoARDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: VideoARConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = VideoARAttention(config, layer_idx)
+        self.post_attention_layernorm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = VideoARMLP(config)
+
+    def forward(self, x_BNC, position_embeddings, attention_mask, past_key_values=None):
+        x_BNC = x_BNC + self.self_attn(self.input_layernorm(x_BNC), position_embeddings, attention_mask, past_key_values)
+        return x_BNC + self.mlp(self.post_attention_layernorm(x_BNC))
+
+
+class VideoARPreTrainedModel(PreTrainedModel):
+    config: VideoARConfig
+    config_class = VideoARConfig
+    base_model_prefix = "videoar"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VideoARDecoderLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, VideoARTransformer):
+            init.normal_(module.start_token, mean=0.0, std=self.config.initializer_range)
+
+
+class VideoARTransformer(VideoARPreTrainedModel):
+    """Decoder over `[text prefix][frame 0: scales 1..K][frame 1: scales 1..K]...`.
+
+    `forward` is teacher-forced over a whole clip (training); `step` runs one block with a KV cache (sampling).
+    A block's input is its next-scale feature map (`ResidualQuantization.scale_inputs`) embedded by a linear layer
+    plus a learned scale embedding; frame 0's first block is a learned start token (PAPER.md §3).
+    """
+
+    def __init__(self, config: VideoARConfig):
+        super().__init__(config)
+        self.text_norm = VideoARRMSNorm(config.text_hidden_size, config.rms_norm_eps)
+        self.text_proj = nn.Linear(config.text_hidden_size, config.hidden_size)
+        self.input_proj = nn.Linear(config.latent_bits, config.hidden_size)
+        self.start_token = nn.Parameter(torch.zeros(config.hidden_size))
+        self.scale_embed = nn.Embedding(len(config.scale_schedule), config.hidden_size)
+        self.rotary_emb = MultiScaleTemporalRoPE(config.rope_axes_dim, config.rope_theta)
+        self.layers = nn.ModuleList([VideoARDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.bit_head = nn.Linear(config.hidden_size, config.latent_bits)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def scale_sizes(self, latent_height: int, latent_width: int) -> list[tuple[int, int]]:
+        return get_scale_sizes(self.config.scale_schedule, latent_height, latent_width)
+
+    def init_cache(self, latent_height: int, latent_width: int) -> VideoARCache:
+        """An empty KV cache for sampling a video on a `latent_height x latent_width` grid."""
+        return VideoARCache(self.config.num_hidden_layers, self.scale_sizes(latent_height, latent_width))
+
+    def forward(
+        self,
+        scale_inputs: list[torch.Tensor],
+        text_hidden_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None = None,
+        labels: list[torch.Tensor] | None = None,
+        frame_keep: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> VideoARTransformerOutput | tuple:
+        """Teacher-forced pass over a whole clip.
+
+        Args:
+            scale_inputs: per scale, `(B, T, h_k, w_k, d)` input features, as `ResidualQuantization.scale_inputs`.
+            text_hidden_states: `(B, L, text_hidden_size)` text encoder states.
+            text_attention_mask: `(B, L)`, 1 on real tokens and 0 on padding (right padding).
+            labels: per scale, `(B, T, h_k, w_k, d)` target bits; gives `loss`.
+            frame_keep: `(B, T, T)` frames each frame may attend to. By default: the Random Frame Mask in training
+                (PAPER.md §6), the `frame_mask_window` otherwise.
+        """
+        B, T, H, W, _ = scale_inputs[-1].shape
+        scale_sizes = self.scale_sizes(H, W)
+        if [tuple(x.shape[2:4]) for x in scale_inputs] != scale_sizes:
+            raise ValueError(
+                f"`scale_inputs` have sizes {[tuple(x.shape[2:4]) for x in scale_inputs]}, but the scale schedule "
+                f"{self.config.scale_schedule} gives {scale_sizes} for a {H}x{W} latent grid."
+            )
+        if frame_keep is None and self.training and self.config.frame_mask_prob > 0:
+            from .random_frame_mask import random_frame_keep  # training-only module
+
+            frame_keep = random_frame_keep(
+                B, T, self.config.frame_mask_prob, self.config.frame_mask_window, device=self.device
+            )
+        elif frame_keep is None:
+            frame_keep = frame_window_keep(B, T, self.config.frame_mask_window, device=self.device)
+
+        layout = TokenLayout(T, tuple(scale_sizes))
+        text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
+        coords_N4 = layout.token_coords().to(self.device)
+        video_BNC = self._embed_video(pack_scales(scale_inputs), coords_N4)
+        hidden_BNC, blocks_N, frames_N, position_ids_BN3 = self._join(
+            text_BLC, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
+        )
+        valid_BN = torch.cat([text_valid_BL, text_valid_BL.new_ones(B, video_BNC.shape[1])], dim=1)
+        mask = block_causal_mask(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
+        hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, mask)
+        logits_BNd = self.bit_head(self.norm(hidden_BNC[:, text_BLC.shape[1] :]))
+
+        loss = None
+        if labels is not None:
+            loss = F.binary_cross_entropy_with_logits(logits_BNd.float(), pack_scales(labels).float())
+        if not return_dict:
+            return (loss, logits_BNd) if loss is not None else (logits_BNd,)
+        return VideoARTransformerOutput(loss=loss, logits=logits_BNd)
+
+    def step(
+        self,
+        cache: VideoARCache,
+        scale_input: torch.Tensor | None = None,
+        text_hidden_states: torch.Tensor | None = None,
+        text_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the cache's next block, one forward pass; return its logits `(B, h_k * w_k, d)`.
+
+        The first call takes the text prefix and the start block together (no input); every later call takes the
+        block's input features `(B, h_k, w_k, d)`.
+        """
+        frame, scale = cache.next_block
+        layout = TokenLayout(frame + 1, tuple(cache.scale_sizes))
+        coords_N4 = layout.token_coords(range(frame, frame + 1), range(scale, scale + 1)).to(self.device)
+        n = coords_N4.shape[0]
+        if cache.is_empty:
+            if text_hidden_states is None:
+                raise ValueError("The first `step` of a cache needs `text_hidden_states`.")
+            B = text_hidden_states.shape[0]
+            start_BNd = torch.zeros(B, n, self.config.latent_bits, device=self.device, dtype=self.dtype)
+            text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
+            text_lengths_B = text_valid_BL.sum(-1)
+            video_BNC = self._embed_video(start_BNd, coords_N4)
+            hidden_BNC, blocks_N, frames_N, position_ids_BN3 = self._join(
+                text_BLC, text_lengths_B, video_BNC, coords_N4, layout
+            )
+            valid_BN = torch.cat([text_valid_BL, text_valid_BL.new_ones(B, n)], dim=1)
+        else:
+            if scale_input is None:
+                raise ValueError(f"`step` for frame {frame}, scale {scale} needs its `scale_input`.")
+            B = cache.token_valid.shape[0]
+            video_BNC = self._embed_video(scale_input.reshape(B, n, -1).to(self.dtype), coords_N4)
+            hidden_BNC, blocks_N, frames_N, position_ids_BN3 = self._join(
+                None, cache.text_lengths, video_BNC, coords_N4, layout
+            )
+            valid_BN = torch.ones(B, n, dtype=torch.bool, device=self.device)
+
+        cache.append_tokens(blocks_N, frames_N, valid_BN)
+        frame_keep = frame_window_keep(B, frame + 1, self.config.frame_mask_window, device=self.device)
+        mask = block_causal_mask(
+            blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep
+        )
+        hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, mask, cache)
+        return self.bit_head(self.norm(hidden_BNC[:, -n:]))
+
+    def _embed_text(self, text_hidden_states, text_attention_mask):
+        B, L, C = text_hidden_states.shape
+        if C != self.config.text_hidden_size:
+            raise ValueError(
+                f"`text_hidden_states` have width {C}, but the transformer expects `text_hidden_size` "
+                f"{self.config.text_hidden_size}."
+            )
+        if text_attention_mask is None:
+            text_attention_mask = torch.ones(B, L, device=self.device)
+        text_valid_BL = text_attention_mask.to(device=self.device, dtype=torch.bool)
+        if not text_valid_BL.any(-1).all():
+            raise ValueError("Every sample needs at least one unmasked text token in `text_attention_mask`.")
+        text_BLC = self.text_proj(self.text_norm(text_hidden_states.to(device=self.device, dtype=self.dtype)))
+        return text_BLC, text_valid_BL
+
+    def _embed_video(self, inputs_BNd: torch.Tensor, coords_N4: torch.Tensor) -> torch.Tensor:
+        video_BNC = self.input_proj(inputs_BNd.to(self.dtype))
+        is_start = (coords_N4[:, 0] == 0) & (coords_N4[:, 1] == 0)
+        video_BNC = torch.where(is_start[None, :, None], self.start_token.to(video_BNC.dtype), video_BNC)
+        return video_BNC + self.scale_embed(coords_N4[:, 1])
+
+    def _join(self, text_BLC, text_lengths_B, video_BNC, coords_N4, layout):
+        """Concatenate the text prefix (if any) and video tokens; return them with block ids, frames and positions."""
+        blocks_N = coords_N4[:, 0] * layout.num_scales + coords_N4[:, 1]
+        frames_N = coords_N4[:, 0]
+        position_ids_BN3 = video_position_ids(
+            coords_N4, text_lengths_B, layout.scale_sizes, self.config.rope_spatial_positions
+        )
+        if text_BLC is None:
+            return video_BNC, blocks_N, frames_N, position_ids_BN3
+        B, L, _ = text_BLC.shape
+        text_ids_L = torch.full((L,), TEXT_BLOCK, device=self.device, dtype=blocks_N.dtype)
+        return (
+            torch.cat([text_BLC, video_BNC], dim=1),
+            torch.cat([text_ids_L, blocks_N]),
+            torch.cat([text_ids_L, frames_N]),
+            torch.cat([text_position_ids(B, L, self.device), position_ids_BN3], dim=1),
+        )
+
+    def _run_layers(self, hidden_BNC, position_ids_BN3, mask_B1NM, cache: VideoARCache | None = None):
+        position_embeddings = self.rotary_emb(position_ids_BN3, hidden_BNC.dtype)
+        attention_mask = to_additive_mask(mask_B1NM, hidden_BNC.dtype)
+        for layer in self.layers:
+            hidden_BNC = layer(hidden_BNC, position_embeddings, attention_mask, past_key_values=cache)
+        return hidden_BNC

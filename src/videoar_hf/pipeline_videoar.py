@@ -1,0 +1,355 @@
+"""`VideoARPipeline`: text (and optionally frames) to video by next-frame and next-scale prediction."""
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput, logging
+from diffusers.video_processor import VideoProcessor
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .atomic_directory import atomic_directory
+from .guidance import TEXT_TO_VIDEO, guidance_table
+from .modeling_tokenizer import VideoARTokenizer
+from .modeling_videoar import VideoARTransformer
+from .sampling import sample_bits
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+
+
+@dataclass
+class VideoARPipelineOutput(BaseOutput):
+    """
+    frames: per `output_type`: `np` `(B, F, H, W, 3)` floats in [0, 1]; `pt` `(B, F, 3, H, W)`; `pil` a list of
+        lists of images; `latent` the accumulated token features `(B, d, T', h, w)` (decode with the tokenizer).
+    """
+
+    frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
+
+
+class VideoARPipeline(DiffusionPipeline):
+    """Generate videos with VideoAR (arXiv 2601.05966).
+
+    Components:
+        video_tokenizer: [`VideoARTokenizer`], the causal 3D tokenizer with its multi-scale bitwise quantizer.
+        transformer: [`VideoARTransformer`], the autoregressive transformer.
+        text_encoder: a frozen transformers text encoder; its `last_hidden_state` is the text prefix.
+        tokenizer: the text encoder's tokenizer.
+
+    One transformer forward pass samples a whole scale of a latent frame, so a video costs exactly
+    `latent frames x scales` passes; the text prefix rides along with the first.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->video_tokenizer"
+    _callback_tensor_inputs = ["latents", "logits"]
+
+    def __init__(
+        self,
+        video_tokenizer: VideoARTokenizer,
+        transformer: VideoARTransformer,
+        text_encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+    ):
+        super().__init__()
+        _check_components_agree(video_tokenizer, transformer, text_encoder)
+        self.register_modules(
+            video_tokenizer=video_tokenizer, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self.video_processor = VideoProcessor(vae_scale_factor=video_tokenizer.config.spatial_compression_ratio)
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs) -> str:
+        """Fetch a Hub repo with `huggingface_hub.snapshot_download` (diffusers' own `download` cannot resolve
+        out-of-tree components). Honours `HF_HUB_OFFLINE` and the local cache."""
+        accepted = inspect.signature(snapshot_download).parameters
+        return snapshot_download(pretrained_model_name, **{k: v for k, v in kwargs.items() if k in accepted})
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
+        """Load from a local folder or a Hub repo id. Every component ends up in `dtype` (alias `torch_dtype`),
+        fp32 by default. Weight files are checked first, so a missing or corrupt one is named in the error."""
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        if dtype is not None and torch_dtype is not None:
+            raise ValueError("Pass `dtype` or its alias `torch_dtype`, not both.")
+        dtype = dtype or torch_dtype or torch.float32
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            download_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            folder = cls.download(folder, **download_kwargs)
+        _check_weight_files(folder)
+        pipe = super().from_pretrained(folder, dtype=dtype, **kwargs)
+        return pipe.to(dtype=dtype)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
+        """Save every component (safetensors only) into a temporary folder, then rename it into place."""
+        if not safe_serialization:
+            raise ValueError("`safe_serialization=False` is not supported: VideoAR saves safetensors only.")
+        if kwargs.get("push_to_hub"):
+            kwargs.setdefault("repo_id", Path(save_directory).name)
+        with atomic_directory(save_directory) as tmp:
+            super().save_pretrained(tmp, safe_serialization=True, **kwargs)
+
+    # ------------------------------------------------------------------ inputs
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        num_frames,
+        height,
+        width,
+        num_videos_per_prompt,
+        top_k,
+        top_p,
+        temperature,
+        generator,
+        output_type,
+        image,
+        video,
+        callback_on_step_end_tensor_inputs,
+    ):
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not all(isinstance(p, str) for p in prompt):
+            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
+        if len(prompt) == 0:
+            raise ValueError("`prompt` is an empty list; pass at least one prompt.")
+        if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompt):
+            raise ValueError(
+                f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {len(prompt)}; pass one "
+                "negative prompt per prompt, or a single string."
+            )
+        if negative_prompt is not None and not isinstance(negative_prompt, (str, list)):
+            raise ValueError(f"`negative_prompt` must be a string or a list of strings, got {negative_prompt!r}.")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
+        self.video_tokenizer.validate_video_shape(num_frames, height, width)
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"`top_k` must be an integer >= 0 (0 disables it), got {top_k!r}.")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1], got {top_p!r}.")
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+        batch = len(prompt) * num_videos_per_prompt
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)}, but {len(prompt)} prompt(s) x {num_videos_per_prompt} "
+                f"video(s) per prompt make {batch} videos; pass one generator per video, or a single generator."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+        if image is not None and video is not None:
+            raise ValueError("Pass conditioning frames as `image` or as `video`, not both.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, got "
+                f"{callback_on_step_end_tensor_inputs}."
+            )
+        return prompt
+
+    def encode_prompt(self, prompts: list[str], max_sequence_length: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text encoder states `(N, L, C)` and mask `(N, L)` for all prompts in one pass, right-padded together.
+
+        Prompts over the text encoder's limit are truncated with a warning.
+        """
+        limit = min(self.tokenizer.model_max_length, getattr(self.text_encoder.config, "max_position_embeddings", 10**9))
+        max_length = limit if max_sequence_length is None else min(max_sequence_length, limit)
+        too_long = [p for p, ids in zip(prompts, self.tokenizer(prompts).input_ids) if len(ids) > max_length]
+        if too_long:
+            logger.warning(
+                f"{len(too_long)} prompt(s) exceed the text encoder's limit of {max_length} tokens and were truncated, "
+                f"e.g. {too_long[0][:80]!r}."
+            )
+        tokens = self.tokenizer(
+            prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return states, tokens.attention_mask
+
+    def encode_conditioning_frames(self, image, video, height, width, batch_size, device):
+        """Bits and scale inputs of the given frames, encoded with the causal tokenizer."""
+        if image is not None:
+            frames_BCTHW = self.video_processor.preprocess(image, height=height, width=width)[:, :, None]
+        else:
+            frames_BCTHW = self.video_processor.preprocess_video(video, height=height, width=width)
+        name = "image" if image is not None else "video"
+        if frames_BCTHW.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"`{name}` holds {frames_BCTHW.shape[0]} clips; pass one for all prompts or one per prompt "
+                f"({batch_size})."
+            )
+        frames_BCTHW = frames_BCTHW.to(device=device, dtype=self.video_tokenizer.dtype)
+        latents = self.video_tokenizer.encode(frames_BCTHW).latents.float()
+        scale_sizes = self.transformer.scale_sizes(*latents.shape[-2:])
+        pyramid = self.video_tokenizer.quantizer.residual_quantize(latents, scale_sizes)
+        return [bits.expand(batch_size, *bits.shape[1:]) for bits in pyramid.bits]
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int = 17,
+        height: int | None = None,
+        width: int | None = None,
+        num_videos_per_prompt: int = 1,
+        guidance_scale: float | str | list | torch.Tensor = TEXT_TO_VIDEO,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image: Any = None,
+        video: Any = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        max_sequence_length: int | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> VideoARPipelineOutput | tuple:
+        """Generate videos.
+
+        Args:
+            prompt: a prompt or a list of prompts.
+            negative_prompt: the unconditional prompt(s) for classifier-free guidance; the empty prompt by default.
+            num_frames: pixel frames, `1 + k * temporal_compression_ratio` (conditioning frames included).
+            height, width: pixel size, multiples of the spatial compression; the tokenizer's `sample_size` by default.
+            num_videos_per_prompt: videos per prompt.
+            guidance_scale: a number, a `(latent frames, scales)` table, or a schedule name: `"text-to-video"`
+                (falls 5 -> 3, the default) or `"class-conditional"` (rises 1 -> 5 -> 10) (PAPER.md §8).
+                Guidance runs the conditional and unconditional batch in one forward pass; a constant 1 skips it.
+            top_k, top_p, temperature: per-bit sampling, see `sample_bits`. `top_k=0` and `top_p=1` disable them.
+            generator: a generator, or one per video for per-video reproducibility.
+            image, video: conditioning frames (image-to-video, video continuation). They are encoded by the causal
+                tokenizer and the model continues from them; their count must be `1 + k * temporal_compression_ratio`.
+            output_type: `"np"`, `"pil"`, `"pt"` or `"latent"`.
+            max_sequence_length: text token limit, capped at the text encoder's; longer prompts are truncated with a
+                warning.
+            callback_on_step_end: `callback(pipe, step, (frame, scale), callback_kwargs)` after each forward pass;
+                may return a dict replacing `latents`.
+            callback_on_step_end_tensor_inputs: keys of `callback_kwargs`, from `["latents", "logits"]`.
+        """
+        height = height or self.video_tokenizer.config.sample_size
+        width = width or self.video_tokenizer.config.sample_size
+        prompts = self.check_inputs(
+            prompt, negative_prompt, num_frames, height, width, num_videos_per_prompt, top_k, top_p, temperature,
+            generator, output_type, image, video, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        device = self._execution_device
+        f = self.video_tokenizer.config.spatial_compression_ratio
+        num_latent_frames = self.video_tokenizer.num_latent_frames(num_frames)
+        latent_size = (height // f, width // f)
+        cache = self.transformer.init_cache(*latent_size)
+        scale_sizes = cache.scale_sizes
+        guidance_TK = guidance_table(guidance_scale, num_latent_frames, len(scale_sizes))
+        do_cfg = bool((guidance_TK != 1).any())
+        batch = len(prompts) * num_videos_per_prompt
+
+        # text prefix: conditional and unconditional prompts encoded once, in one batch
+        if negative_prompt is None:
+            negative_prompt = ""
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
+        text_states, text_mask = self.encode_prompt(prompts + negatives if do_cfg else prompts, max_sequence_length, device)
+        text_states = text_states.repeat_interleave(num_videos_per_prompt, dim=0)
+        text_mask = text_mask.repeat_interleave(num_videos_per_prompt, dim=0)
+
+        given_bits = []
+        if image is not None or video is not None:
+            given_bits = self.encode_conditioning_frames(image, video, height, width, batch, device)
+            if given_bits[0].shape[1] >= num_latent_frames:
+                raise ValueError(
+                    f"`num_frames` ({num_frames}) must be longer than the conditioning frames, which fill "
+                    f"{given_bits[0].shape[1]} of its {num_latent_frames} latent frames."
+                )
+        num_given = given_bits[0].shape[1] if given_bits else 0
+
+        quantizer = self.video_tokenizer.quantizer
+        latents = torch.zeros(batch, quantizer.latent_bits, num_latent_frames, *latent_size, device=device)
+        scale_input = None
+        step = 0
+        with self.progress_bar(total=num_latent_frames * len(scale_sizes)) as progress_bar:
+            for frame in range(num_latent_frames):
+                for scale, size in enumerate(scale_sizes):
+                    model_input = None if scale_input is None else torch.cat([scale_input] * (1 + do_cfg))
+                    logits = self.transformer.step(cache, model_input, text_states, text_mask).float()
+                    if do_cfg:
+                        cond, uncond = logits.chunk(2)
+                        logits = uncond + guidance_TK[frame, scale].item() * (cond - uncond)
+                    if frame < num_given:
+                        bits_BhwD = given_bits[scale][:, frame]
+                    else:
+                        bits = sample_bits(logits, top_k, top_p, temperature, generator)
+                        bits_BhwD = bits.reshape(batch, *size, -1)
+                    codes_BdHW = quantizer.codes_from_bits(bits_BhwD).permute(0, 3, 1, 2)
+                    latents[:, :, frame] += quantizer.upsample(codes_BdHW, latent_size)
+
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs or []}
+                        callback_outputs = callback_on_step_end(self, step, (frame, scale), callback_kwargs)
+                        latents = (callback_outputs or {}).get("latents", latents)
+
+                    # the next block's input: this frame's reconstruction so far, at the next scale's size (§3)
+                    next_size = scale_sizes[(scale + 1) % len(scale_sizes)]
+                    scale_input = quantizer.downsample(latents[:, :, frame], next_size).permute(0, 2, 3, 1)
+                    step += 1
+                    progress_bar.update()
+
+        if output_type == "latent":
+            frames = latents
+        else:
+            sample = self.video_tokenizer.decode(latents.to(self.video_tokenizer.dtype)).sample
+            frames = self.video_processor.postprocess_video(sample.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return VideoARPipelineOutput(frames=frames)
+
+
+def _check_components_agree(video_tokenizer, transformer, text_encoder) -> None:
+    """Configs that must match across components; a mismatch is named with both values."""
+    pairs = [
+        ("latent bits", "video_tokenizer.config.latent_channels", video_tokenizer.config.latent_channels,
+         "transformer.config.latent_bits", transformer.config.latent_bits),
+        ("scale schedule", "video_tokenizer.config.scale_schedule", list(video_tokenizer.config.scale_schedule),
+         "transformer.config.scale_schedule", list(transformer.config.scale_schedule)),
+        ("text hidden size", "text_encoder.config.hidden_size", getattr(text_encoder.config, "hidden_size", None),
+         "transformer.config.text_hidden_size", transformer.config.text_hidden_size),
+    ]  # fmt: skip
+    for what, name_a, a, name_b, b in pairs:
+        if a != b:
+            raise ValueError(f"The components disagree on the {what}: `{name_a}` is {a} but `{name_b}` is {b}.")
+
+
+def _check_weight_files(folder: str) -> None:
+    """Fail early, naming the file, when a model component's safetensors weights are missing or unreadable."""
+    index_path = Path(folder) / "model_index.json"
+    if not index_path.is_file():
+        raise ValueError(f"{folder!r} is not a VideoAR pipeline folder: it has no `model_index.json`.")
+    for name, spec in json.loads(index_path.read_text()).items():
+        if not (isinstance(spec, list) and name in ("video_tokenizer", "transformer", "text_encoder")):
+            continue
+        weights = sorted((Path(folder) / name).glob("*.safetensors"))
+        if not weights:
+            raise ValueError(f"Missing weights for `{name}`: no `*.safetensors` file in {Path(folder) / name}.")
+        for path in weights:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    f.keys()
+            except Exception as error:  # safetensors raises its own error types for corrupt headers
+                raise ValueError(f"Corrupt weight file {path}: {error}") from error

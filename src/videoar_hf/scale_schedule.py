@@ -1,0 +1,84 @@
+"""The scale schedule and the token layout it implies.
+
+This is the one place that turns a latent grid into the coarse-to-fine list of token-map sizes. The tokenizer's
+quantizer, the transformer and the pipeline all call `get_scale_sizes`, so the schedule is never written twice.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Sequence
+
+import torch
+
+
+def get_scale_sizes(scale_schedule: Sequence[int], latent_height: int, latent_width: int) -> list[tuple[int, int]]:
+    """Token-map sizes `(h_k, w_k)`, coarse to fine, for one latent frame of `latent_height x latent_width`.
+
+    `scale_schedule` lists side lengths for square grids, as VAR's `patch_nums` (e.g. `(1, 2, 3, 4, 6, 8, 10, 13, 16)`).
+    A grid of longer side `n` uses the prefix of the schedule that ends at `n`, so one model serves every resolution
+    whose longer latent side is in the schedule; the shorter side is scaled by the aspect ratio. The paper does not
+    give its schedule (PAPER.md §2): it is data in the configs.
+    """
+    side = max(latent_height, latent_width)
+    if side not in scale_schedule:
+        raise ValueError(
+            f"The scale schedule {list(scale_schedule)} cannot serve a {latent_height}x{latent_width} latent grid: its "
+            f"longer side {side} must be one of the schedule's entries."
+        )
+    prefix = list(scale_schedule)[: list(scale_schedule).index(side) + 1]
+    # round half up, and never below one token
+    return [
+        (max(1, int(s * latent_height / side + 0.5)), max(1, int(s * latent_width / side + 0.5))) for s in prefix
+    ]
+
+
+def validate_scale_schedule(scale_schedule: Sequence[int], name: str = "scale_schedule") -> None:
+    if len(scale_schedule) == 0 or any(int(s) != s or s < 1 for s in scale_schedule):
+        raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {scale_schedule}.")
+    if any(b <= a for a, b in zip(scale_schedule, scale_schedule[1:])):
+        raise ValueError(f"`{name}` must be strictly increasing (coarse to fine), got {scale_schedule}.")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where every video token sits in the sequence `[frame 0: scales 1..K][frame 1: scales 1..K]...`.
+
+    A *block* is one scale of one frame, `h_k * w_k` tokens; block `b = t * K + k` is one forward pass at sampling.
+    """
+
+    num_frames: int
+    scale_sizes: tuple[tuple[int, int], ...]
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scale_sizes)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_frames * self.num_scales
+
+    @cached_property
+    def tokens_per_frame(self) -> int:
+        return sum(h * w for h, w in self.scale_sizes)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_frames * self.tokens_per_frame
+
+    def block_slice(self, frame: int, scale: int) -> slice:
+        start = frame * self.tokens_per_frame + sum(h * w for h, w in self.scale_sizes[:scale])
+        h, w = self.scale_sizes[scale]
+        return slice(start, start + h * w)
+
+    def token_coords(self, frames: range | None = None, scales: range | None = None) -> torch.Tensor:
+        """`(N, 4)` long tensor of (frame, scale, row, column) for the blocks of `frames` x `scales`, in order."""
+        frames = range(self.num_frames) if frames is None else frames
+        scales = range(self.num_scales) if scales is None else scales
+        coords = []
+        for t in frames:
+            for k in scales:
+                h, w = self.scale_sizes[k]
+                rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                block = torch.stack([torch.full_like(rows, t), torch.full_like(rows, k), rows, cols], dim=-1)
+                coords.append(block.reshape(-1, 4))
+        return torch.cat(coords)

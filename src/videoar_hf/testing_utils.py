@@ -1,0 +1,63 @@
+"""Tiny randomly initialised components, for tests and for trying the pipeline before any weights exist."""
+
+import string
+
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from .configuration_videoar import VideoARConfig
+from .modeling_tokenizer import VideoARTokenizer
+from .modeling_videoar import VideoARTransformer
+from .pipeline_videoar import VideoARPipeline
+
+# a character-level WordPiece vocabulary: any lowercase ASCII prompt tokenizes without downloading anything
+_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_CHARS = string.ascii_lowercase + string.digits
+TINY_VOCAB = _SPECIALS + list(_CHARS + string.punctuation) + [f"##{c}" for c in _CHARS]
+
+
+def tiny_text_encoder(hidden_size: int = 32, max_length: int = 64, seed: int = 0):
+    """A 2-layer random BERT and its character-level tokenizer."""
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(TINY_VOCAB)}, model_max_length=max_length)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_length,
+    )
+    torch.manual_seed(seed)
+    return BertModel(config).eval(), tokenizer
+
+
+def tiny_pipeline(
+    seed: int = 0,
+    temporal_compression_ratio: int = 4,
+    latent_bits: int = 8,
+    scale_schedule: tuple[int, ...] = (1, 2, 4),
+    sample_size: int = 32,
+) -> VideoARPipeline:
+    """A randomly initialised pipeline for 32x32 video: spatial compression 8, latent grid 4x4, 3 scales."""
+    torch.manual_seed(seed)
+    video_tokenizer = VideoARTokenizer(
+        latent_channels=latent_bits,
+        base_channels=8,
+        channel_multipliers=(1, 2, 2, 2),
+        num_res_blocks=1,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=temporal_compression_ratio,
+        scale_schedule=scale_schedule,
+        norm_num_groups=4,
+        sample_size=sample_size,
+    )
+    transformer = VideoARTransformer(
+        VideoARConfig.from_preset("tiny", latent_bits=latent_bits, scale_schedule=list(scale_schedule))
+    )
+    text_encoder, tokenizer = tiny_text_encoder(hidden_size=transformer.config.text_hidden_size, seed=seed)
+    pipe = VideoARPipeline(
+        video_tokenizer=video_tokenizer.eval(), transformer=transformer.eval(), text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

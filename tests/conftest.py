@@ -1,0 +1,18 @@
+import os
+
+# no test may reach the network: Hub calls fail at once instead of retrying
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_pipe():
+    from videoar_hf.testing_utils import tiny_pipeline
+
+    return tiny_pipeline()

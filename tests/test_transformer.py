@@ -1,0 +1,197 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+import videoar_hf  # noqa: F401  registers the Auto classes
+from videoar_hf import VideoARConfig, VideoARTransformer
+from videoar_hf.attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep
+from videoar_hf.configuration_videoar import VIDEOAR_PRESETS
+from videoar_hf.quantizer import MultiScaleBitwiseQuantizer
+from videoar_hf.rope import text_position_ids, video_position_ids
+from videoar_hf.scale_schedule import TokenLayout, get_scale_sizes
+
+SCHEDULE = [1, 2, 4]
+
+
+def make_model(**overrides):
+    torch.manual_seed(0)
+    return VideoARTransformer(VideoARConfig.from_preset("tiny", scale_schedule=SCHEDULE, **overrides)).eval()
+
+
+def make_clip(batch=2, frames=3, bits=8, grid=4, seed=0):
+    """A random latent clip, its pyramid, and text states with different prompt lengths per sample."""
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, bits, frames, grid, grid, generator=g)
+    pyramid = MultiScaleBitwiseQuantizer(bits).residual_quantize(latents, get_scale_sizes(SCHEDULE, grid, grid))
+    text = torch.randn(batch, 6, 32, generator=g)
+    mask = torch.ones(batch, 6, dtype=torch.long)
+    mask[1, 4:] = 0  # sample 1 has a 4-token prompt, right-padded
+    return pyramid, text, mask
+
+
+def run_cached(model, pyramid, text, mask):
+    """Sample-time path: one `step` per (frame, scale) block, fed the teacher-forced inputs."""
+    B, T = pyramid.scale_inputs[0].shape[:2]
+    cache = model.init_cache(*pyramid.scale_inputs[-1].shape[2:4])
+    logits = []
+    for t in range(T):
+        for k in range(len(SCHEDULE)):
+            x = None if (t, k) == (0, 0) else pyramid.scale_inputs[k][:, t]
+            logits.append(model.step(cache, x, text, mask))
+    return torch.cat(logits, dim=1)
+
+
+def test_rope_positions_match_the_papers_figure_2():
+    # a 5-token prompt: frame 0's first scale sits at (5, 5, 5), frame 1's at (6, 5, 5) (PAPER.md §4)
+    sizes = get_scale_sizes([1, 2, 4], 4, 4)
+    layout = TokenLayout(2, tuple(sizes))
+    coords = layout.token_coords()
+    positions = video_position_ids(coords, torch.tensor([5]), sizes)[0]
+    assert positions[layout.block_slice(0, 0)].tolist() == [[5.0, 5.0, 5.0]]
+    assert positions[layout.block_slice(1, 0)].tolist() == [[6.0, 5.0, 5.0]]
+    # scale 2 of frame 1 (a 4x4 grid): cell (h, w) -> (6, 5 + h, 5 + w)
+    block = positions[layout.block_slice(1, 2)].reshape(4, 4, 3)
+    assert block[2, 3].tolist() == [6.0, 7.0, 8.0]
+    assert text_position_ids(1, 5)[0].tolist() == [[i, i, i] for i in range(5)]
+
+
+def test_rope_finest_positions_rescale_coarse_grids():
+    sizes = get_scale_sizes([1, 2, 4], 4, 4)
+    layout = TokenLayout(1, tuple(sizes))
+    positions = video_position_ids(layout.token_coords(), torch.tensor([0]), sizes, "finest")[0]
+    assert positions[layout.block_slice(0, 1)].reshape(2, 2, 3)[1, 1].tolist() == [0.0, 2.0, 2.0]
+
+
+def test_rope_axes_default_to_equal_thirds_and_are_configurable():
+    assert VideoARConfig(hidden_size=96, num_attention_heads=2).rope_axes_dim == [16, 16, 16]
+    assert VideoARConfig.from_preset("L").rope_axes_dim == [44, 42, 42]
+    assert VideoARConfig(hidden_size=64, num_attention_heads=2, rope_axes_dim=[16, 8, 8]).rope_axes_dim == [16, 8, 8]
+    with pytest.raises(Exception, match="rope_axes_dim"):
+        VideoARConfig(hidden_size=64, num_attention_heads=2, rope_axes_dim=[16, 8, 6])
+
+
+def test_block_causal_mask():
+    sizes = [(1, 1), (2, 2)]
+    layout = TokenLayout(2, tuple(sizes))
+    coords = layout.token_coords()
+    blocks = torch.cat([torch.full((3,), TEXT_BLOCK), coords[:, 0] * 2 + coords[:, 1]])
+    frames = torch.cat([torch.full((3,), TEXT_BLOCK), coords[:, 0]])
+    valid = torch.tensor([[True, True, False] + [True] * layout.num_tokens])
+    mask = block_causal_mask(blocks, frames, blocks, frames, valid)[0, 0]
+    text, video = slice(0, 3), slice(3, None)
+    assert not mask[text, video].any(), "text must not see video"
+    assert not mask[:, 2].any(), "padding must be invisible"
+    assert mask[video, :2].all(), "every video token sees the real text"
+    f0s1 = slice(3 + 1, 3 + 5)
+    f1s0 = 3 + 5
+    assert mask[f0s1, f0s1].all(), "full attention inside a block"
+    assert not mask[3, f0s1].any(), "a coarse scale cannot see a finer one"
+    assert mask[f1s0, 3:f1s0].all() and not mask[f1s0, f1s0 + 1 :].any(), "next frame sees the previous frame only"
+
+
+def test_frame_window():
+    keep = frame_window_keep(1, 5, window=2)[0]
+    assert keep[4].tolist() == [False, False, True, True, True]
+    assert frame_window_keep(1, 5, None) is None
+
+
+@pytest.mark.parametrize("spatial_positions", ["raw", "finest"])
+def test_cached_steps_equal_teacher_forcing(spatial_positions):
+    model = make_model(rope_spatial_positions=spatial_positions)
+    pyramid, text, mask = make_clip()
+    with torch.no_grad():
+        teacher_forced = model(pyramid.scale_inputs, text, mask).logits
+        cached = run_cached(model, pyramid, text, mask)
+    torch.testing.assert_close(cached, teacher_forced, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_steps_respect_the_frame_window():
+    model = make_model(frame_mask_window=1)
+    pyramid, text, mask = make_clip(frames=4)
+    with torch.no_grad():
+        teacher_forced = model(pyramid.scale_inputs, text, mask).logits
+        cached = run_cached(model, pyramid, text, mask)
+        unlimited = make_model()(pyramid.scale_inputs, text, mask).logits
+    torch.testing.assert_close(cached, teacher_forced, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(teacher_forced, unlimited)
+
+
+def test_padded_batch_equals_each_prompt_alone():
+    model = make_model()
+    pyramid, text, mask = make_clip()
+    with torch.no_grad():
+        batched = model(pyramid.scale_inputs, text, mask).logits
+        for i, length in enumerate(mask.sum(-1).tolist()):
+            alone = model([x[i : i + 1] for x in pyramid.scale_inputs], text[i : i + 1, :length]).logits
+            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_bitwise_cross_entropy_and_falls_when_training():
+    model = make_model(frame_mask_prob=0.0).train()
+    pyramid, text, mask = make_clip()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = model(pyramid.scale_inputs, text, mask, labels=pyramid.bits)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        out.logits, torch.cat([b.reshape(2, 3, -1, 8) for b in pyramid.bits], 2).reshape(2, -1, 8).float()
+    )
+    torch.testing.assert_close(out.loss, expected)
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    pyramid, text, mask = make_clip()
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model(frame_mask_prob=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.layers)
+        loss = model(pyramid.scale_inputs, text, mask, labels=pyramid.bits).loss
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_wrong_scale_inputs_are_rejected():
+    model = make_model()
+    pyramid, text, mask = make_clip()
+    with pytest.raises(ValueError, match="scale_inputs"):
+        model(pyramid.scale_inputs[1:], text, mask)
+    with pytest.raises(ValueError, match="text_hidden_size"):
+        model(pyramid.scale_inputs, text[..., :16], mask)
+
+
+def test_save_and_reload_give_identical_logits(tmp_path):
+    model = make_model()
+    pyramid, text, mask = make_clip()
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    for reloaded in (VideoARTransformer.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert isinstance(reloaded, VideoARTransformer)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                reloaded.eval()(pyramid.scale_inputs, text, mask).logits,
+                model(pyramid.scale_inputs, text, mask).logits,
+                atol=0,
+                rtol=0,
+            )
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VideoARConfig)
+
+
+@pytest.mark.parametrize("name, billions", [("L", 0.926), ("XL", 2.0), ("4B", 4.0)])
+def test_presets_match_the_papers_sizes(name, billions):
+    with torch.device("meta"):
+        model = VideoARTransformer(VideoARConfig.from_preset(name))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.1)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="Unknown preset 'XXL'"):
+        VideoARConfig.from_preset("XXL")
+    assert set(VIDEOAR_PRESETS) >= {"tiny", "L", "XL", "4B"}
