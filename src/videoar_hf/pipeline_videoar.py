@@ -300,7 +300,8 @@ class VideoARPipeline(DiffusionPipeline):
                     latents[:, :, frame] += quantizer.upsample(codes_BdHW, latent_size)
 
                     if callback_on_step_end is not None:
-                        callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs or []}
+                        available = {"latents": latents, "logits": logits}
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
                         callback_outputs = callback_on_step_end(self, step, (frame, scale), callback_kwargs)
                         latents = (callback_outputs or {}).get("latents", latents)
 
