@@ -91,7 +91,10 @@ class VideoARPipeline(DiffusionPipeline):
             folder = cls.download(folder, **download_kwargs)
         _check_weight_files(folder)
         pipe = super().from_pretrained(folder, dtype=dtype, **kwargs)
-        return pipe.to(dtype=dtype)
+        for component in pipe.components.values():  # transformers keeps a checkpoint's dtype unless told otherwise
+            if isinstance(component, torch.nn.Module) and component.dtype != dtype:
+                component.to(dtype=dtype)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
         """Save every component (safetensors only) into a temporary folder, then rename it into place."""
@@ -182,7 +185,7 @@ class VideoARPipeline(DiffusionPipeline):
         return states, tokens.attention_mask
 
     def encode_conditioning_frames(self, image, video, height, width, batch_size, device):
-        """Bits and scale inputs of the given frames, encoded with the causal tokenizer."""
+        """Per-scale bits `(B, T_given, h_k, w_k, d)` of the given frames, encoded with the causal tokenizer."""
         if image is not None:
             frames_BCTHW = self.video_processor.preprocess(image, height=height, width=width)[:, :, None]
         else:
@@ -194,10 +197,8 @@ class VideoARPipeline(DiffusionPipeline):
                 f"({batch_size})."
             )
         frames_BCTHW = frames_BCTHW.to(device=device, dtype=self.video_tokenizer.dtype)
-        latents = self.video_tokenizer.encode(frames_BCTHW).latents.float()
-        scale_sizes = self.transformer.scale_sizes(*latents.shape[-2:])
-        pyramid = self.video_tokenizer.quantizer.residual_quantize(latents, scale_sizes)
-        return [bits.expand(batch_size, *bits.shape[1:]) for bits in pyramid.bits]
+        bits = self.video_tokenizer.quantize(self.video_tokenizer.encode(frames_BCTHW).latents).bits
+        return [b.expand(batch_size, *b.shape[1:]) for b in bits]
 
     # ------------------------------------------------------------------ sampling
 

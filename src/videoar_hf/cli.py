@@ -1,0 +1,141 @@
+"""`videoar` command line: `videoar generate "a red circle moving left" -o out.mp4`."""
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+VIDEO_EXTENSIONS = (".mp4", ".gif")
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videoar", description="VideoAR: autoregressive video generation.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="Generate a video from a prompt.")
+    gen.add_argument("prompt", help="What the video shows.")
+    gen.add_argument("-o", "--output", default="out.mp4", help="Output file, .mp4 or .gif (default: out.mp4).")
+    gen.add_argument(
+        "--model",
+        default=None,
+        help="Pipeline folder or Hub repo id. Default: a tiny randomly initialised pipeline (no trained model ships "
+        "with this version yet), which shows the pipeline runs but makes noise.",
+    )
+    gen.add_argument("--num-frames", type=int, default=17, help="Pixel frames, 1 + 4k for the default tokenizer.")
+    gen.add_argument("--height", type=int, default=None, help="Pixel height (default: the model's sample size).")
+    gen.add_argument("--width", type=int, default=None, help="Pixel width (default: the model's sample size).")
+    gen.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    gen.add_argument(
+        "--guidance-scale",
+        default="text-to-video",
+        help="A number, or a schedule name: text-to-video (5 -> 3, default) or class-conditional.",
+    )
+    gen.add_argument("--top-k", type=int, default=0, help="Per-bit top-k; 0 disables it, 1 is greedy.")
+    gen.add_argument("--top-p", type=float, default=1.0, help="Per-bit top-p in (0, 1].")
+    gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature, > 0.")
+    gen.add_argument("--fps", type=int, default=8, help="Frames per second of the output file (default: 8).")
+    return parser
+
+
+def _guidance(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value  # a schedule name; the pipeline validates it
+
+
+def _load_pipeline(model: str | None):
+    import torch
+
+    from .pipeline_videoar import VideoARPipeline
+
+    if model is None:
+        from .testing_utils import tiny_pipeline
+
+        print(
+            "videoar: no model given and no trained model ships with this version yet: using a tiny RANDOMLY "
+            "INITIALISED pipeline. The video will be noise; pass --model PATH_OR_REPO_ID for a trained one.",
+            file=sys.stderr,
+        )
+        pipe = tiny_pipeline(sample_size=64, scale_schedule=(1, 2, 4, 8))
+        pipe.set_progress_bar_config(disable=False)
+        return pipe
+    if not os.path.isdir(model) and model.count("/") != 1:
+        raise UsageError(f"--model {model!r} is neither a folder nor a Hub repo id (org/name).")
+    try:
+        return VideoARPipeline.from_pretrained(model, dtype=torch.float32)
+    except ValueError as error:
+        raise UsageError(f"--model {model!r}: {error}") from error
+    except OSError as error:
+        raise UsageError(f"--model {model!r} could not be loaded: {error}") from error
+
+
+def _write_video(frames, output: Path, fps: int) -> None:
+    """Write to a temporary file beside `output`, then rename: a failed run never leaves half a file."""
+    from diffusers.utils import export_to_gif, export_to_video
+
+    fd, tmp = tempfile.mkstemp(suffix=output.suffix, dir=output.parent, prefix=f".{output.name}.")
+    os.close(fd)
+    try:
+        if output.suffix == ".gif":
+            export_to_gif(frames, tmp, fps=fps)
+        else:
+            export_to_video(list(frames), tmp, fps=fps)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual permissions
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def generate(args: argparse.Namespace) -> Path:
+    output = Path(args.output)
+    if output.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise UsageError(f"--output {str(output)!r}: unsupported extension; use one of {list(VIDEO_EXTENSIONS)}.")
+    if not output.parent.exists() or not os.access(output.parent, os.W_OK):
+        raise UsageError(f"--output {str(output)!r}: the folder {str(output.parent)!r} does not exist or is not writable.")
+    if args.fps < 1:
+        raise UsageError(f"--fps must be >= 1, got {args.fps}.")
+
+    import torch
+
+    pipe = _load_pipeline(args.model)
+    output_type = "pil" if output.suffix.lower() == ".gif" else "np"
+    try:
+        frames = pipe(
+            args.prompt,
+            num_frames=args.num_frames,
+            height=args.height,
+            width=args.width,
+            guidance_scale=_guidance(args.guidance_scale),
+            top_k=args.top_k,
+            top_p=args.top_p,
+            temperature=args.temperature,
+            generator=torch.Generator().manual_seed(args.seed),
+            output_type=output_type,
+        ).frames[0]
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    _write_video(frames, output, args.fps)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            print(generate(args))
+    except UsageError as error:
+        print(f"videoar: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

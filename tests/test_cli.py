@@ -1,0 +1,51 @@
+import imageio.v3 as iio
+import pytest
+
+from videoar_hf.cli import main
+from videoar_hf.testing_utils import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_pipeline().save_pretrained(path)
+    return path
+
+
+def test_generate_writes_a_playable_video(model_dir, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a red circle moving left", "-o", str(out), "--model", str(model_dir), "--num-frames", "9"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    frames = iio.imread(out)
+    assert frames.shape[0] == 9 and frames.shape[-1] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"], "no temporary file is left behind"
+
+
+def test_generate_without_a_model_says_it_is_random(tmp_path, capsys):
+    out = tmp_path / "clip.gif"
+    assert main(["generate", "a red circle", "-o", str(out), "--num-frames", "5"]) == 0
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-o", "clip.avi"], "unsupported extension"),
+        (["-o", "/nonexistent-dir/clip.mp4"], "does not exist or is not writable"),
+        (["--num-frames", "8"], "num_frames"),
+        (["--top-p", "0"], "top_p"),
+        (["--guidance-scale", "loud"], "guidance_scale"),
+        (["--model", "/no/such/model/dir"], "--model"),
+        (["--fps", "0"], "--fps"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    if "--model" not in args:
+        args = args + ["--model", str(model_dir)]
+    assert main(["generate", "a red circle", *args]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("videoar: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in err
