@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from videoar_hf import VideoARPipeline, VideoARPipelineOutput
+from videoar_hf import VideoARPipeline, VideoARPipelineOutput, VideoARTokenizer, VideoARTransformer
 from videoar_hf.guidance import falling_guidance, guidance_table, rising_guidance
 from videoar_hf.testing_utils import tiny_pipeline
 
@@ -197,6 +197,17 @@ def test_load_from_a_hub_repo_id_offline(tiny_pipe, tmp_path, monkeypatch):
     reloaded = VideoARPipeline.from_pretrained(repo_id, cache_dir=tmp_path)
     reloaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(generate(reloaded, output_type="np"), generate(tiny_pipe, output_type="np"))
+    # and each component on its own, by repo id and subfolder
+    for name, cls in (("video_tokenizer", VideoARTokenizer), ("transformer", VideoARTransformer)):
+        component = cls.from_pretrained(repo_id, subfolder=name, cache_dir=tmp_path)
+        original = getattr(tiny_pipe, name).state_dict()
+        assert all(torch.equal(v, original[k]) for k, v in component.state_dict().items())
+
+
+def test_missing_hub_repo_fails_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="org/absent"):
+        VideoARPipeline.from_pretrained("org/absent", cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("dtype_kwarg", ["dtype", "torch_dtype"])

@@ -1,7 +1,3 @@
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,6 +49,17 @@ def test_shapes(tau):
     assert sample.shape == video.shape
     assert model.num_latent_frames(video.shape[2]) == 3
     assert model.scale_sizes(SIZE, SIZE) == [(1, 1), (2, 2), (4, 4)]
+
+
+def test_spatial_compression_16():
+    torch.manual_seed(0)
+    config = tiny_config(channel_multipliers=(1, 1, 2, 2, 2), spatial_compression_ratio=16, scale_schedule=(1, 2))
+    model = VideoARTokenizer(**config).eval()
+    video = random_video(2, 4, size=32)
+    with torch.no_grad():
+        latents = model.encode(video).latents
+        assert latents.shape == (1, 6, 2, 2, 2)
+        assert model.decode(model.quantize(latents).features).sample.shape == video.shape
 
 
 @pytest.mark.parametrize("tau", TAUS)

@@ -105,6 +105,19 @@ def test_cached_steps_equal_teacher_forcing(spatial_positions):
     torch.testing.assert_close(cached, teacher_forced, atol=1e-5, rtol=1e-5)
 
 
+def test_eager_and_sdpa_attention_agree():
+    pyramid, text, mask = make_clip()
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        torch.manual_seed(0)
+        config = VideoARConfig.from_preset("tiny", scale_schedule=SCHEDULE)
+        model = VideoARTransformer._from_config(config, attn_implementation=implementation).eval()
+        assert model.config._attn_implementation == implementation
+        with torch.no_grad():
+            logits[implementation] = model(pyramid.scale_inputs, text, mask).logits
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], atol=1e-5, rtol=1e-5)
+
+
 def test_cached_steps_respect_the_frame_window():
     model = make_model(frame_mask_window=1)
     pyramid, text, mask = make_clip(frames=4)

@@ -75,7 +75,10 @@ class VideoARPipeline(DiffusionPipeline):
         """Fetch a Hub repo with `huggingface_hub.snapshot_download` (diffusers' own `download` cannot resolve
         out-of-tree components). Honours `HF_HUB_OFFLINE` and the local cache."""
         accepted = inspect.signature(snapshot_download).parameters
-        return snapshot_download(pretrained_model_name, **{k: v for k, v in kwargs.items() if k in accepted})
+        try:
+            return snapshot_download(pretrained_model_name, **{k: v for k, v in kwargs.items() if k in accepted})
+        except OSError as error:  # huggingface_hub's not-found, offline and HTTP errors are all OSErrors
+            raise OSError(f"Could not fetch the pipeline {pretrained_model_name!r} from the Hub: {error}") from error
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
