@@ -134,6 +134,18 @@ def test_image_to_video_starts_from_the_encoded_image(tiny_pipe):
     assert not torch.allclose(latents[:, :, 1], latents[:, :, 0])
 
 
+def test_one_conditioning_image_per_prompt(tiny_pipe):
+    images = [PIL.Image.new("RGB", (32, 32), color) for color in ("red", "blue")]
+    latents = tiny_pipe(
+        ["a red circle", "a blue circle"], image=images, num_videos_per_prompt=2, num_frames=5, output_type="latent"
+    ).frames
+    assert latents.shape[0] == 4
+    torch.testing.assert_close(latents[0, :, 0], latents[1, :, 0])
+    assert not torch.allclose(latents[1, :, 0], latents[2, :, 0])
+    with pytest.raises(ValueError, match="image.*3 clips for 2 prompts"):
+        tiny_pipe(["a", "b"], image=images + images[:1], num_frames=5)
+
+
 def test_video_continuation_keeps_the_given_latent_frames(tiny_pipe):
     video = [PIL.Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(5)]
     latents = generate(tiny_pipe, video=video, num_frames=13)

@@ -149,7 +149,6 @@ class VideoARTransformer(VideoARPreTrainedModel):
         self.layers = nn.ModuleList([VideoARDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.bit_head = nn.Linear(config.hidden_size, config.latent_bits)
-        self.gradient_checkpointing = False
         self.post_init()
 
     def scale_sizes(self, latent_height: int, latent_width: int) -> list[tuple[int, int]]:
@@ -198,10 +197,9 @@ class VideoARTransformer(VideoARPreTrainedModel):
         text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
         coords_N4 = layout.token_coords().to(self.device)
         video_BNC = self._embed_video(pack_scales(scale_inputs), coords_N4)
-        hidden_BNC, blocks_N, frames_N, position_ids_BN3 = self._join(
-            text_BLC, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
+        hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
+            text_BLC, text_valid_BL, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
         )
-        valid_BN = torch.cat([text_valid_BL, text_valid_BL.new_ones(B, video_BNC.shape[1])], dim=1)
         mask = block_causal_mask(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
         hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, mask)
         logits_BNd = self.bit_head(self.norm(hidden_BNC[:, text_BLC.shape[1] :]))
@@ -232,24 +230,18 @@ class VideoARTransformer(VideoARPreTrainedModel):
         if cache.is_empty:
             if text_hidden_states is None:
                 raise ValueError("The first `step` of a cache needs `text_hidden_states`.")
-            B = text_hidden_states.shape[0]
-            start_BNd = torch.zeros(B, n, self.config.latent_bits, device=self.device, dtype=self.dtype)
             text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
             text_lengths_B = text_valid_BL.sum(-1)
-            video_BNC = self._embed_video(start_BNd, coords_N4)
-            hidden_BNC, blocks_N, frames_N, position_ids_BN3 = self._join(
-                text_BLC, text_lengths_B, video_BNC, coords_N4, layout
-            )
-            valid_BN = torch.cat([text_valid_BL, text_valid_BL.new_ones(B, n)], dim=1)
+            scale_input = torch.zeros(text_BLC.shape[0], n, self.config.latent_bits, device=self.device)  # start token
         else:
             if scale_input is None:
                 raise ValueError(f"`step` for frame {frame}, scale {scale} needs its `scale_input`.")
-            B = cache.token_valid.shape[0]
-            video_BNC = self._embed_video(scale_input.reshape(B, n, -1).to(self.dtype), coords_N4)
-            hidden_BNC, blocks_N, frames_N, position_ids_BN3 = self._join(
-                None, cache.text_lengths, video_BNC, coords_N4, layout
-            )
-            valid_BN = torch.ones(B, n, dtype=torch.bool, device=self.device)
+            text_BLC, text_valid_BL, text_lengths_B = None, None, cache.text_lengths
+        B = text_lengths_B.shape[0]
+        video_BNC = self._embed_video(scale_input.reshape(B, n, -1), coords_N4)
+        hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
+            text_BLC, text_valid_BL, text_lengths_B, video_BNC, coords_N4, layout
+        )
 
         cache.append_tokens(blocks_N, frames_N, valid_BN)
         frame_keep = frame_window_keep(B, frame + 1, self.config.frame_mask_window, device=self.device)
@@ -280,22 +272,26 @@ class VideoARTransformer(VideoARPreTrainedModel):
         video_BNC = torch.where(is_start[None, :, None], self.start_token.to(video_BNC.dtype), video_BNC)
         return video_BNC + self.scale_embed(coords_N4[:, 1])
 
-    def _join(self, text_BLC, text_lengths_B, video_BNC, coords_N4, layout):
-        """Concatenate the text prefix (if any) and video tokens; return them with block ids, frames and positions."""
+    def _join(self, text_BLC, text_valid_BL, text_lengths_B, video_BNC, coords_N4, layout):
+        """Put the text prefix (if any) before the video tokens; return the sequence with each token's block id,
+        frame, RoPE position and validity (False on text padding)."""
+        B, N, _ = video_BNC.shape
         blocks_N = coords_N4[:, 0] * layout.num_scales + coords_N4[:, 1]
         frames_N = coords_N4[:, 0]
         position_ids_BN3 = video_position_ids(
             coords_N4, text_lengths_B, layout.scale_sizes, self.config.rope_spatial_positions
         )
+        valid_BN = torch.ones(B, N, dtype=torch.bool, device=self.device)
         if text_BLC is None:
-            return video_BNC, blocks_N, frames_N, position_ids_BN3
-        B, L, _ = text_BLC.shape
+            return video_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN
+        L = text_BLC.shape[1]
         text_ids_L = torch.full((L,), TEXT_BLOCK, device=self.device, dtype=blocks_N.dtype)
         return (
             torch.cat([text_BLC, video_BNC], dim=1),
             torch.cat([text_ids_L, blocks_N]),
             torch.cat([text_ids_L, frames_N]),
             torch.cat([text_position_ids(B, L, self.device), position_ids_BN3], dim=1),
+            torch.cat([text_valid_BL, valid_BN], dim=1),
         )
 
     def _run_layers(self, hidden_BNC, position_ids_BN3, mask_B1NM, cache: VideoARCache | None = None):

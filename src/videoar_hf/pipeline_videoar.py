@@ -187,21 +187,25 @@ class VideoARPipeline(DiffusionPipeline):
         states = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         return states, tokens.attention_mask
 
-    def encode_conditioning_frames(self, image, video, height, width, batch_size, device):
-        """Per-scale bits `(B, T_given, h_k, w_k, d)` of the given frames, encoded with the causal tokenizer."""
+    def encode_conditioning_frames(self, image, video, height, width, num_prompts, num_videos_per_prompt, device):
+        """Per-scale bits `(B, T_given, h_k, w_k, d)` of the given frames, encoded with the causal tokenizer.
+
+        One clip serves every prompt; otherwise pass one clip per prompt.
+        """
         if image is not None:
             frames_BCTHW = self.video_processor.preprocess(image, height=height, width=width)[:, :, None]
         else:
             frames_BCTHW = self.video_processor.preprocess_video(video, height=height, width=width)
-        name = "image" if image is not None else "video"
-        if frames_BCTHW.shape[0] not in (1, batch_size):
+        num_clips = frames_BCTHW.shape[0]
+        if num_clips not in (1, num_prompts):
+            name = "image" if image is not None else "video"
             raise ValueError(
-                f"`{name}` holds {frames_BCTHW.shape[0]} clips; pass one for all prompts or one per prompt "
-                f"({batch_size})."
+                f"`{name}` holds {num_clips} clips for {num_prompts} prompts; pass one for all prompts or one per prompt."
             )
         frames_BCTHW = frames_BCTHW.to(device=device, dtype=self.video_tokenizer.dtype)
         bits = self.video_tokenizer.quantize(self.video_tokenizer.encode(frames_BCTHW).latents).bits
-        return [b.expand(batch_size, *b.shape[1:]) for b in bits]
+        repeats = num_videos_per_prompt * (num_prompts // num_clips)
+        return [b.repeat_interleave(repeats, dim=0) for b in bits]
 
     # ------------------------------------------------------------------ sampling
 
@@ -275,7 +279,9 @@ class VideoARPipeline(DiffusionPipeline):
 
         given_bits = []
         if image is not None or video is not None:
-            given_bits = self.encode_conditioning_frames(image, video, height, width, batch, device)
+            given_bits = self.encode_conditioning_frames(
+                image, video, height, width, len(prompts), num_videos_per_prompt, device
+            )
             if given_bits[0].shape[1] >= num_latent_frames:
                 raise ValueError(
                     f"`num_frames` ({num_frames}) must be longer than the conditioning frames, which fill "
