@@ -292,7 +292,6 @@ class VideoARPipeline(DiffusionPipeline):
         quantizer = self.video_tokenizer.quantizer
         latents = torch.zeros(batch, quantizer.latent_bits, num_latent_frames, *latent_size, device=device)
         scale_input = None
-        step = 0
         with self.progress_bar(total=num_latent_frames * len(scale_sizes)) as progress_bar:
             for frame in range(num_latent_frames):
                 for scale, size in enumerate(scale_sizes):
@@ -312,13 +311,13 @@ class VideoARPipeline(DiffusionPipeline):
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "logits": logits}
                         callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
+                        step = frame * len(scale_sizes) + scale
                         callback_outputs = callback_on_step_end(self, step, (frame, scale), callback_kwargs)
                         latents = (callback_outputs or {}).get("latents", latents)
 
                     # the next block's input: this frame's reconstruction so far, at the next scale's size (§3)
                     next_size = scale_sizes[(scale + 1) % len(scale_sizes)]
                     scale_input = quantizer.downsample(latents[:, :, frame], next_size).permute(0, 2, 3, 1)
-                    step += 1
                     progress_bar.update()
 
         if output_type == "latent":
