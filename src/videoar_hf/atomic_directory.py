@@ -22,10 +22,16 @@ def atomic_directory(target: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_directory(tmp, target)
+
+
+def replace_directory(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the complete folder `source` to `target` by renames, replacing any old `target`."""
+    source, target = Path(source), Path(target)
     if target.exists():
         backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(target, backup)
-        os.rename(tmp, target)
+        os.rename(source, target)
         shutil.rmtree(backup, ignore_errors=True)
     else:
-        os.rename(tmp, target)
+        os.rename(source, target)

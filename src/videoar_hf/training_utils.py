@@ -1,0 +1,257 @@
+"""What the training scripts in `examples/` share: the curriculum, checkpoints, the loss history and guards.
+
+Checkpoints are accelerate's `save_state` folders, written under a temporary name and renamed into place, so a kill
+at any moment leaves the previous checkpoint usable. Everything we add to them (EMA weights, the loss history, the
+position in the curriculum) is safetensors or JSON: nothing is read back with pickle.
+"""
+
+import json
+import math
+import re
+import shutil
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+from .atomic_directory import replace_directory
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+# ---------------------------------------------------------------- curriculum (PAPER.md §7)
+
+
+@dataclass
+class Stage:
+    """One stage of the curriculum. `image_ratio` is the share of steps that train on images (1-frame videos)."""
+
+    name: str
+    resolution: int
+    num_frames: int
+    steps: int
+    batch_size: int
+    learning_rate: float
+    image_ratio: float = 0.0
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "resolution": self.resolution >= 1,
+            "num_frames": self.num_frames >= 1,
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "image_ratio": 0 <= self.image_ratio <= 1,
+            "warmup_steps": 0 <= self.warmup_steps <= self.steps,
+        }
+        for field, ok in checks.items():
+            if not ok:
+                raise ValueError(f"Stage {self.name!r}: `{field}` = {getattr(self, field)!r} is out of range.")
+
+
+def load_stages(path: str | Path) -> list[Stage]:
+    """Read a stage file (YAML or JSON): `{"stages": [{"name", "resolution", "num_frames", "steps", "batch_size",
+    "learning_rate", "image_ratio"?, "warmup_steps"?}, ...]}`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Stage file {str(path)!r} does not exist.")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    entries = data.get("stages") if isinstance(data, dict) else None
+    if not entries:
+        raise ValueError(f"Stage file {str(path)!r} must hold a non-empty list under `stages`.")
+    known = {f.name for f in fields(Stage)}
+    stages = []
+    for i, entry in enumerate(entries):
+        entry = {"name": str(i), **entry}
+        unknown = set(entry) - known
+        missing = {f.name for f in fields(Stage) if f.default is MISSING} - set(entry)
+        if unknown or missing:
+            raise ValueError(
+                f"Stage {i} of {str(path)!r}: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}; "
+                f"allowed: {sorted(known)}."
+            )
+        stages.append(Stage(**entry))
+    return stages
+
+
+class StageSchedule:
+    """Maps the global step to its stage, and gives each stage its own warm-up + cosine learning-rate curve
+    (PAPER.md §7: lr cosine). Use `lr_at` as a `LambdaLR` factor on an optimizer whose base lr is 1."""
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+        self.starts = [sum(s.steps for s in stages[:i]) for i in range(len(stages))]
+        self.total_steps = sum(s.steps for s in stages)
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(stage index, step inside that stage) of a global step."""
+        for index in reversed(range(len(self.stages))):
+            if step >= self.starts[index]:
+                return index, step - self.starts[index]
+        raise ValueError(f"step {step} is negative")
+
+    def lr_at(self, step: int) -> float:
+        index, local = self.locate(min(step, self.total_steps - 1))
+        stage = self.stages[index]
+        if local < stage.warmup_steps:
+            return stage.learning_rate * (local + 1) / stage.warmup_steps
+        progress = (local - stage.warmup_steps) / max(1, stage.steps - stage.warmup_steps)
+        return stage.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- loss history
+
+
+class LossHistory:
+    """Logged values per optimizer step; saved as JSON in every checkpoint, plotted at the end."""
+
+    def __init__(self, records: list[dict] | None = None):
+        self.records = records or []
+
+    def append(self, step: int, **values: float) -> None:
+        self.records.append({"step": step, **{k: float(v) for k, v in values.items()}})
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.records))
+
+    @classmethod
+    def load(cls, path: Path) -> "LossHistory":
+        return cls(json.loads(Path(path).read_text()))
+
+    def plot(self, path: Path, title: str = "training loss") -> None:
+        """Write a PNG of every logged loss against the step."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = sorted({k for r in self.records for k in r if "loss" in k})
+        figure, axis = plt.subplots(figsize=(7, 4))
+        for key in keys:
+            points = [(r["step"], r[key]) for r in self.records if key in r]
+            axis.plot(*zip(*points), label=key, linewidth=1)
+        axis.set(xlabel="step", ylabel="loss", title=title)
+        if keys:
+            axis.legend()
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+class CheckpointManager:
+    """`output_dir/checkpoint-{step}` folders, written atomically, at most `total_limit` kept.
+
+    Besides accelerate's state, a checkpoint holds `training_state.json` (the global step and the loss history) and,
+    with EMA, `ema.safetensors`.
+    """
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, total_limit: int | None = None):
+        self.accelerator = accelerator
+        self.output_dir = Path(output_dir)
+        self.total_limit = total_limit
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first; interrupted saves (hidden temporary folders) are not listed."""
+        if not self.output_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.output_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def resolve(self, resume_from_checkpoint: str | None) -> Path | None:
+        """`"latest"` (or None when there is none yet) or a path; a missing path is an error."""
+        if resume_from_checkpoint is None:
+            return None
+        if resume_from_checkpoint == "latest":
+            existing = self.checkpoints()
+            return existing[-1] if existing else None
+        path = Path(resume_from_checkpoint)
+        if not (path / "training_state.json").is_file():
+            raise FileNotFoundError(f"--resume_from_checkpoint {str(path)!r} is not a checkpoint folder of this script.")
+        return path
+
+    def save(self, step: int, history: LossHistory, ema_parameters: list[torch.Tensor] | None = None) -> Path:
+        target = self.output_dir / f"checkpoint-{step}"
+        tmp = self.output_dir / f".checkpoint-{step}.partial"
+        if self.accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)  # left by a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(tmp, safe_serialization=True)
+        if self.accelerator.is_main_process:
+            (tmp / "training_state.json").write_text(json.dumps({"step": step, "history": history.records}))
+            if ema_parameters is not None:
+                save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema_parameters)}, tmp / "ema.safetensors")
+            replace_directory(tmp, target)
+            self._prune()
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def load(self, path: Path, ema_parameters: list[torch.Tensor] | None = None) -> tuple[int, LossHistory]:
+        """Restore accelerate's state (model, optimizer, scheduler, RNGs); return the step and the loss history."""
+        self.accelerator.load_state(path)
+        state = json.loads((path / "training_state.json").read_text())
+        if ema_parameters is not None:
+            saved = load_file(path / "ema.safetensors")
+            for i, p in enumerate(ema_parameters):
+                p.data.copy_(saved[f"{i}"])
+        return state["step"], LossHistory(state["history"])
+
+    def _prune(self) -> None:
+        if self.total_limit is None:
+            return
+        for old in self.checkpoints()[: -self.total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (so all processes stop together)."""
+    return bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+
+
+def parameters_finite(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler):
+    """Index batches over a map-style dataset: a seeded permutation per epoch, last partial batch dropped.
+
+    Batch `b` depends only on `(seed, b)`, so a run resumed at batch `start_batch` sees exactly the batches an
+    uninterrupted run would have seen.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, num_batches: int, seed: int, start_batch: int = 0):
+        if num_items < batch_size:
+            raise ValueError(f"The dataset has {num_items} items, fewer than one batch of {batch_size}.")
+        self.num_items, self.batch_size, self.num_batches = num_items, batch_size, num_batches
+        self.seed, self.start_batch = seed, start_batch
+        self.batches_per_epoch = num_items // batch_size
+
+    def _permutation(self, epoch: int) -> list[int]:
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def __iter__(self):
+        epoch, permutation = None, None
+        for b in range(self.start_batch, self.num_batches):
+            if b // self.batches_per_epoch != epoch:
+                epoch = b // self.batches_per_epoch
+                permutation = self._permutation(epoch)
+            position = (b % self.batches_per_epoch) * self.batch_size
+            yield permutation[position : position + self.batch_size]
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start_batch
