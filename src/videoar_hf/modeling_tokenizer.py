@@ -40,9 +40,10 @@ class VideoARTokenizerDecoderOutput(BaseOutput):
 
 @dataclass
 class VideoARTokenizerOutput(BaseOutput):
-    """A reconstruction and what the quantizer made of the video on the way (see the outputs above)."""
+    """A reconstruction and what the encoder and quantizer made of the video on the way (see the outputs above)."""
 
     sample: torch.Tensor
+    latents: torch.Tensor
     bits: list[torch.Tensor]
     features: torch.Tensor
     commitment_loss: torch.Tensor
@@ -244,15 +245,16 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
 
     def forward(
         self, sample: torch.Tensor, return_dict: bool = True
-    ) -> VideoARTokenizerOutput | tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    ) -> VideoARTokenizerOutput | tuple:
         """Encode, quantize and decode `sample` `(B, 3, 1 + T, H, W)`; the decoder sees exactly `F_hat`."""
         latents = self.encode(sample).latents
         quantized = self.quantize(latents)
         reconstruction = self.decode(quantized.features).sample
         if not return_dict:
-            return reconstruction, quantized.bits, quantized.features, quantized.commitment_loss
+            return reconstruction, latents, quantized.bits, quantized.features, quantized.commitment_loss
         return VideoARTokenizerOutput(
             sample=reconstruction,
+            latents=latents,
             bits=quantized.bits,
             features=quantized.features,
             commitment_loss=quantized.commitment_loss,

@@ -1,0 +1,171 @@
+"""Inflating a 2D image tokenizer into the causal 3D tokenizer (PAPER.md §2, "Init")."""
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from diffusers.models.autoencoders.vae import Decoder, Encoder
+from torch import nn
+
+from videoar_hf.causal_cnn import CausalConv3d
+from videoar_hf.inflation import inflate_state_dict
+from videoar_hf.modeling_tokenizer import VideoARTokenizer
+
+WIDTHS = (8, 16, 16, 16)
+
+
+def tiny_tokenizer(tau: int) -> VideoARTokenizer:
+    torch.manual_seed(0)
+    return VideoARTokenizer(
+        latent_channels=6,
+        base_channels=8,
+        channel_multipliers=(1, 2, 2, 2),
+        num_res_blocks=1,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=tau,
+        scale_schedule=(1, 2, 4),
+        norm_num_groups=4,
+        sample_size=32,
+    ).eval()
+
+
+def ldm_state_dict(tokenizer: VideoARTokenizer) -> dict[str, torch.Tensor]:
+    """A random 2D LDM state dict of `tokenizer`'s architecture: no time axis, no `.conv` level in causal convs."""
+    generator = torch.Generator().manual_seed(0)
+    state_dict = {}
+    for key, value in tokenizer.state_dict().items():
+        key_2d = re.sub(r"\.conv\.(weight|bias)$", r".\1", key)
+        shape_2d = (*value.shape[:2], *value.shape[3:]) if value.ndim == 5 else value.shape
+        state_dict[key_2d] = torch.randn(shape_2d, generator=generator) * 0.3
+    return state_dict
+
+
+def infinity_naming(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LDM keys -> Infinity's, whose every conv and norm sits in a `.conv` / `.norm` wrapper."""
+
+    def rename(key: str) -> str:
+        layer, parameter = key.rsplit(".", 1)
+        wrapper = "norm" if layer.rsplit(".", 1)[-1].startswith("norm") else "conv"
+        return f"{layer}.{wrapper}.{parameter}"
+
+    return {rename(key): value for key, value in state_dict.items()}
+
+
+def test_ldm_keys_are_the_expected_names():
+    state_dict = ldm_state_dict(tiny_tokenizer(4))
+    for key in (
+        "encoder.conv_in.weight",
+        "encoder.down.0.block.0.conv1.weight",
+        "encoder.down.1.block.0.nin_shortcut.weight",
+        "encoder.down.0.downsample.conv.weight",
+        "encoder.mid.attn_1.q.weight",
+        "encoder.norm_out.weight",
+        "decoder.up.1.upsample.conv.weight",
+    ):
+        assert key in state_dict
+    assert state_dict["encoder.conv_in.weight"].shape == (8, 3, 3, 3)
+    assert state_dict["encoder.mid.attn_1.q.weight"].shape == (16, 16, 1, 1)
+
+
+@pytest.mark.parametrize("tau", (1, 2, 4))
+def test_every_inflated_conv_is_its_2d_conv_frame_by_frame(tau):
+    """On one frame, and on every frame of a video: each output frame sees only its own input frame at first."""
+    tokenizer = tiny_tokenizer(tau)
+    state_dict_2d = ldm_state_dict(tokenizer)
+    inflated, unused = inflate_state_dict(state_dict_2d, tokenizer)
+    tokenizer.load_state_dict(inflated, strict=True)
+    assert unused == []
+
+    causal = {name for name, module in tokenizer.named_modules() if isinstance(module, CausalConv3d)}
+    convs = {
+        name: module
+        for name, module in tokenizer.named_modules()
+        if isinstance(module, CausalConv3d) or (isinstance(module, nn.Conv3d) and name.rpartition(".")[0] not in causal)
+    }
+    assert len(convs) == len([k for k, v in state_dict_2d.items() if v.ndim == 4])
+    generator = torch.Generator().manual_seed(1)
+    for name, conv in convs.items():
+        weight, bias = state_dict_2d[f"{name}.weight"], state_dict_2d[f"{name}.bias"]
+        for num_frames in (1, 3):
+            video_BCTHW = torch.randn(2, weight.shape[1], num_frames, 8, 8, generator=generator)
+            # a temporal stride-2 conv keeps frames 0, 2, 4, ... (1 + 2k -> 1 + k)
+            frames = video_BCTHW[:, :, :: conv.conv.stride[0] if name in causal else 1].unbind(2)
+            if name.endswith("downsample.conv"):
+                # LDM's downsampler: pad right and bottom by one, then a stride-2 convolution without padding
+                expected = [F.conv2d(F.pad(frame, (0, 1, 0, 1)), weight, bias, stride=2) for frame in frames]
+            else:
+                expected = [F.conv2d(frame, weight, bias, padding=weight.shape[-1] // 2) for frame in frames]
+            with torch.no_grad():
+                torch.testing.assert_close(conv(video_BCTHW), torch.stack(expected, 2), msg=name)
+
+
+def test_infinity_naming_inflates_the_same():
+    tokenizer = tiny_tokenizer(4)
+    state_dict_2d = ldm_state_dict(tokenizer)
+    from_ldm, _ = inflate_state_dict(state_dict_2d, tokenizer)
+    from_infinity, unused = inflate_state_dict(infinity_naming(state_dict_2d), tokenizer)
+    assert unused == []
+    assert from_infinity.keys() == from_ldm.keys() == tokenizer.state_dict().keys()
+    assert all(torch.equal(from_infinity[key], from_ldm[key]) for key in from_ldm)
+
+
+@pytest.mark.parametrize("tau", (1, 2, 4))
+def test_inflated_tokenizer_is_the_2d_network_frame_by_frame(tau):
+    """diffusers' own LDM conversion and 2D VAE blocks are the reference, which also pins our naming to LDM's.
+
+    Latent frame k encodes pixel frame tau k (temporal downsampling keeps every other frame), and decoded frame t
+    shows latent frame ceil(t / tau) (temporal upsampling repeats frames); a single image is exactly the 2D network.
+    """
+    tokenizer = tiny_tokenizer(tau)
+    state_dict_2d = ldm_state_dict(tokenizer)
+    tokenizer.load_state_dict(inflate_state_dict(state_dict_2d, tokenizer)[0])
+
+    down_types, up_types = ("DownEncoderBlock2D",) * len(WIDTHS), ("UpDecoderBlock2D",) * len(WIDTHS)
+    diffusers_state_dict = convert_ldm_vae_checkpoint(
+        state_dict_2d, {"down_block_types": down_types, "up_block_types": up_types}
+    )
+    network = dict(block_out_channels=WIDTHS, layers_per_block=1, norm_num_groups=4)
+    encoder_2d = Encoder(3, 6, down_types, double_z=False, **network).eval()
+    decoder_2d = Decoder(6, 3, up_types, **network).eval()
+    for prefix, network_2d in (("encoder.", encoder_2d), ("decoder.", decoder_2d)):
+        part = {k.removeprefix(prefix): v for k, v in diffusers_state_dict.items() if k.startswith(prefix)}
+        network_2d.load_state_dict(part, strict=True)
+
+    video_BCTHW = torch.rand(1, 3, 1 + tau, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        latents_BCTHW = tokenizer.encode(video_BCTHW).latents
+        sample_BCTHW = tokenizer.decode(latents_BCTHW).sample
+        for k in range(latents_BCTHW.shape[2]):
+            torch.testing.assert_close(latents_BCTHW[:, :, k], encoder_2d(video_BCTHW[:, :, tau * k]))
+        for t in range(sample_BCTHW.shape[2]):
+            torch.testing.assert_close(sample_BCTHW[:, :, t], decoder_2d(latents_BCTHW[:, :, -(-t // tau)]))
+
+
+def test_unknown_2d_keys_are_reported():
+    tokenizer = tiny_tokenizer(4)
+    state_dict_2d = ldm_state_dict(tokenizer)
+    state_dict_2d["quant_conv.weight"] = torch.zeros(12, 12, 1, 1)
+    state_dict_2d["encoder.down.3.attn.0.q.weight"] = torch.zeros(16, 16, 1, 1)
+    del state_dict_2d["decoder.conv_out.bias"]
+    inflated, unused = inflate_state_dict(state_dict_2d, tokenizer)
+    assert unused == ["quant_conv.weight", "encoder.down.3.attn.0.q.weight"]
+    missing, unexpected = tokenizer.load_state_dict(inflated, strict=False)
+    assert missing == ["decoder.conv_out.conv.bias"] and unexpected == []
+
+
+@pytest.mark.parametrize(
+    ("key", "shape"),
+    [
+        ("encoder.down.1.block.0.conv1.weight", (32, 8, 3, 3)),  # a wider level
+        ("encoder.conv_out.weight", (32, 16, 3, 3)),  # 32 latent bits, ours has 6
+        ("encoder.mid.attn_1.norm.weight", (32,)),
+    ],
+)
+def test_shape_mismatch_names_the_key(key, shape):
+    tokenizer = tiny_tokenizer(4)
+    state_dict_2d = ldm_state_dict(tokenizer)
+    state_dict_2d[key] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=re.escape(f"`{key}`")):
+        inflate_state_dict(state_dict_2d, tokenizer)

@@ -1,0 +1,207 @@
+"""The tokenizer's training losses (PAPER.md §2) and its 3D discriminator."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import ConvNextConfig, ConvNextModel, ResNetConfig, ResNetModel
+
+from videoar_hf.discriminator import Discriminator3D
+from videoar_hf.modeling_tokenizer import VideoARTokenizer
+from videoar_hf.tokenizer_losses import (
+    LeCAMRegularizer,
+    PerceptualLoss,
+    TokenizerLoss,
+    bit_entropy_penalty,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    reconstruction_losses,
+)
+
+BITS = 6
+
+
+def tiny_tokenizer() -> VideoARTokenizer:
+    torch.manual_seed(0)
+    return VideoARTokenizer(
+        latent_channels=BITS,
+        base_channels=8,
+        channel_multipliers=(1, 2, 2, 2),
+        num_res_blocks=1,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=4,
+        scale_schedule=(1, 2, 4),
+        norm_num_groups=4,
+        sample_size=32,
+    )
+
+
+def tiny_discriminator() -> Discriminator3D:
+    torch.manual_seed(0)
+    return Discriminator3D(base_channels=8, num_layers=3, norm_num_groups=4)
+
+
+def random_video(num_frames: int = 5, size: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.rand(1, 3, num_frames, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def run_tokenizer(tokenizer: VideoARTokenizer, video: torch.Tensor):
+    latents = tokenizer.encode(video).latents
+    quantized = tokenizer.quantize(latents)
+    return latents, quantized.commitment_loss, tokenizer.decode(quantized.features).sample
+
+
+def test_reconstruction_is_zero_only_for_identical_videos():
+    video = random_video()
+    assert all(loss == 0 for loss in reconstruction_losses(video, video.clone()))
+    l1, l2 = reconstruction_losses(video, video + 0.5)
+    assert l1.item() == pytest.approx(0.5) and l2.item() == pytest.approx(0.25)
+
+
+def test_entropy_penalty_prefers_confident_balanced_bits():
+    # 8 tokens; each bit is +-1 / sqrt(d), with every bit positive in exactly half of the tokens
+    signs_Nd = torch.tensor([[(n >> (i % 3)) & 1 for i in range(BITS)] for n in range(8)]) * 2.0 - 1
+    confident_balanced = (signs_Nd / math.sqrt(BITS)).T.reshape(1, BITS, 2, 2, 2)
+    unconfident = confident_balanced * 1e-4
+    confident_collapsed = confident_balanced.abs()
+
+    penalty = bit_entropy_penalty(confident_balanced)
+    assert penalty.item() == pytest.approx(-BITS * math.log(2), abs=1e-3), "certain bits, each set in half the tokens"
+    assert bit_entropy_penalty(unconfident).item() == pytest.approx(0.0, abs=1e-3), "H(token) = H(usage) = d ln 2"
+    assert bit_entropy_penalty(confident_collapsed).item() == pytest.approx(0.0, abs=1e-3), "one code for all"
+
+    # saturated sigmoids still give finite values and gradients
+    latents = (confident_balanced * 100).requires_grad_()
+    bit_entropy_penalty(latents).backward()
+    assert torch.isfinite(latents.grad).all()
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        lambda: ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")),
+        lambda: ConvNextModel(ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1])),
+    ],
+    ids=["resnet", "convnext"],
+)
+def test_perceptual_distance(tmp_path, backbone):
+    torch.manual_seed(0)
+    backbone().save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    perceptual = PerceptualLoss.from_pretrained(tmp_path).train()
+    assert not perceptual.backbone.training, "the frozen backbone stays in eval mode"
+
+    video = random_video()
+    reconstruction = (video + 0.3 * torch.randn_like(video)).requires_grad_()
+    assert perceptual(video, video.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    distance = perceptual(video, reconstruction)
+    assert torch.isfinite(distance) and distance > 0
+    distance.backward()
+    assert reconstruction.grad.abs().sum() > 0
+    assert all(p.grad is None for p in perceptual.backbone.parameters())
+
+
+def test_hinge_losses():
+    separated = hinge_discriminator_loss(torch.full((4,), 2.0), torch.full((4,), -2.0))
+    undecided = hinge_discriminator_loss(torch.zeros(4), torch.zeros(4))
+    fooled = hinge_discriminator_loss(torch.full((4,), -1.0), torch.full((4,), 1.0))
+    assert separated == 0 and undecided == 2 and fooled == 4
+    assert hinge_generator_loss(torch.tensor([1.0, 3.0])) == -2
+
+
+def test_lecam_tracks_the_logits_and_penalizes_the_distance_to_them():
+    lecam = LeCAMRegularizer(decay=0.9)
+    real, fake = torch.ones(3), -torch.ones(3)
+    reg = lecam(real, fake)
+    assert lecam.ema_real.item() == pytest.approx(0.1) and lecam.ema_fake.item() == pytest.approx(-0.1)
+    assert reg.item() == pytest.approx(2 * 1.1**2)
+    lecam.eval()
+    lecam(real, fake)
+    assert lecam.ema_real.item() == pytest.approx(0.1), "no update outside training"
+    assert set(lecam.state_dict()) == {"ema_real", "ema_fake"}
+
+
+def test_gan_terms_are_skipped_before_gan_start_step():
+    tokenizer, discriminator = tiny_tokenizer(), tiny_discriminator()
+    calls = []
+    discriminator.register_forward_hook(lambda *_: calls.append(1))
+    loss_fn = TokenizerLoss(gan_start_step=3)
+    video = random_video()
+    latents, commitment, reconstruction = run_tokenizer(tokenizer, video)
+
+    assert not loss_fn.gan_active(2)
+    _, parts = loss_fn(video, reconstruction, latents, commitment, step=2, discriminator=discriminator)
+    assert parts["gan"] == 0 and calls == [], "the discriminator is not even run"
+    with pytest.raises(ValueError, match="`discriminator`"):
+        loss_fn(video, reconstruction, latents, commitment, step=3)
+
+    assert loss_fn.gan_active(3)
+    _, parts = loss_fn(video, reconstruction, latents, commitment, step=3, discriminator=discriminator)
+    assert parts["gan"] != 0 and calls == [1]
+
+
+def test_discriminator_steps_lower_its_loss():
+    discriminator, loss_fn = tiny_discriminator(), TokenizerLoss(lecam_decay=0.9)
+    real, fake = random_video(seed=1), random_video(seed=2).sign()
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(10):
+        loss, parts = loss_fn.discriminator_loss(discriminator, real, fake)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert parts["logits_real"] > parts["logits_fake"]
+    assert loss_fn.lecam.ema_real != 0 and loss_fn.lecam.ema_fake != 0
+
+
+def test_total_loss_reaches_encoder_and_decoder(tmp_path):
+    torch.manual_seed(0)
+    backbone = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], layer_type="basic"))
+    backbone.save_pretrained(tmp_path)
+    loss_fn = TokenizerLoss(perceptual=PerceptualLoss.from_pretrained(tmp_path))
+    tokenizer, discriminator = tiny_tokenizer(), tiny_discriminator()
+    video = random_video()
+    latents, commitment, reconstruction = run_tokenizer(tokenizer, video)
+
+    loss, parts = loss_fn(video, reconstruction, latents, commitment, step=0, discriminator=discriminator)
+    assert set(parts) == {"l1", "l2", "perceptual", "commitment", "entropy", "gan"}
+    assert all(torch.isfinite(value) for value in parts.values())
+    expected = sum(loss_fn.weights[name] * value for name, value in parts.items())
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    for conv in (tokenizer.encoder.conv_in.conv, tokenizer.decoder.conv_out.conv):
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_ten_training_steps_lower_the_loss():
+    tokenizer, loss_fn = tiny_tokenizer(), TokenizerLoss(gan_weight=0.0)
+    # smooth, unlike white noise, so that ten steps can learn something
+    coarse = torch.rand(1, 3, 5, 2, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    video = F.interpolate(coarse, size=(5, 16, 16), mode="trilinear")
+    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=2e-3)
+    losses = []
+    for step in range(10):
+        latents, commitment, reconstruction = run_tokenizer(tokenizer, video)
+        loss, parts = loss_fn(video, reconstruction, latents, commitment, step)
+        assert "perceptual" not in parts and parts["gan"] == 0  # no perceptual network, no GAN
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((2, 3, 5, 32, 32), (2, 1, 1, 4, 4)),
+        ((1, 3, 1, 16, 16), (1, 1, 1, 2, 2)),
+        ((1, 3, 17, 64, 48), (1, 1, 3, 8, 6)),
+    ],
+)
+def test_discriminator_output_shape(shape, expected):
+    with torch.no_grad():
+        assert tiny_discriminator()(torch.zeros(shape)).shape == expected
