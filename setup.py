@@ -17,7 +17,7 @@ install_requires = [
 ]
 
 extras = {
-    "train": ["datasets>=3.0", "av", "tensorboard", "matplotlib", "pyyaml", "peft>=0.17"],
+    "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml", "peft>=0.17"],
     "app": ["gradio>=5.0"],
     "test": ["pytest>=8", "pytest-timeout"],
 }
