@@ -7,6 +7,7 @@ position in the curriculum) is safetensors or JSON: nothing is read back with pi
 
 import json
 import math
+import random
 import re
 import shutil
 from dataclasses import MISSING, dataclass, fields
@@ -255,3 +256,136 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.num_batches - self.start_batch
+
+
+# ---------------------------------------------------------------- data and command line shared by the scripts
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensor fields, list the rest (captions, metadata)."""
+    return {k: torch.stack([i[k] for i in items]) if torch.is_tensor(items[0][k]) else [i[k] for i in items] for k in items[0]}
+
+
+def build_dataset(args, source: str, resolution: int, num_frames: int, seed: int):
+    """`"shapes"` (the synthetic dataset, held-out triples excluded unless `--include_held_out`) or any source
+    `load_video_dataset` reads: a videofolder, a saved `datasets` folder, a Hub dataset."""
+    if source == "shapes":
+        from .shapes import HELD_OUT_TRIPLES, ShapesDataset
+
+        held_out = () if args.include_held_out else HELD_OUT_TRIPLES
+        return ShapesDataset(args.num_clips, seed=seed, num_frames=num_frames, resolution=resolution, held_out=held_out)
+    from .video_data import load_video_dataset
+
+    extra = {"name": args.dataset_config_name} if args.dataset_config_name else {}
+    return load_video_dataset(
+        source, num_frames=num_frames, resolution=resolution, fps=args.fps, split=args.split,
+        streaming=args.streaming, seed=seed, **extra,
+    )  # fmt: skip
+
+
+class StageBatches:
+    """The micro-batches of one curriculum stage, in an order a resumed run reproduces.
+
+    Each optimizer step trains on videos or, with probability `stage.image_ratio` (a fixed seeded draw per step), on
+    images: the image source at one frame (PAPER.md §7, stage I). `make_dataset(source, num_frames)` builds a
+    dataset; `prepare` may turn a finite dataset into another (e.g. cached latents).
+    """
+
+    def __init__(self, accelerator, stage: Stage, sources: dict[bool, str], make_dataset, accumulation: int,
+                 start_step: int, seed: int, num_workers: int = 0, prepare=None):  # fmt: skip
+        rng = random.Random(seed)
+        self.is_image_step = [rng.random() < stage.image_ratio for _ in range(stage.steps)]
+        self.accumulation = accumulation
+        self.loaders = {}
+        for is_image in (False, True):
+            num_steps = self.is_image_step.count(is_image)
+            if num_steps == 0:
+                continue
+            dataset = make_dataset(sources[is_image], 1 if is_image else stage.num_frames)
+            if prepare is not None:
+                dataset = prepare(dataset)
+            done = self.is_image_step[:start_step].count(is_image) * accumulation
+            self.loaders[is_image] = self._loader(
+                accelerator, dataset, stage.batch_size, num_steps * accumulation, done, seed + is_image, num_workers
+            )
+
+    @staticmethod
+    def _loader(accelerator, dataset, batch_size, num_batches, done, seed, num_workers):
+        # a generator of its own: creating an iterator must not draw from the global RNG that checkpoints restore
+        options = dict(collate_fn=collate, num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, **options)
+            return iter(accelerator.skip_first_batches(accelerator.prepare_data_loader(loader), done))
+        sampler = ResumableBatchSampler(len(dataset), batch_size, num_batches, seed, done)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **options)
+        return iter(accelerator.prepare_data_loader(loader))
+
+    def micro_batches(self, local_step: int):
+        """The `accumulation` micro-batches of one optimizer step."""
+        loader = self.loaders[self.is_image_step[local_step]]
+        return [next(loader) for _ in range(self.accumulation)]
+
+
+def add_training_args(parser, learning_rate: float, resolution: int = 64, num_frames: int = 17):
+    """The data, curriculum, optimization and output flags both training scripts take."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="shapes", help="'shapes' (synthetic), a local videofolder (metadata.csv/jsonl with file_name and text), a saved `datasets` folder, or a Hub dataset id.")
+    data.add_argument("--dataset_config_name", default=None, help="Config name of a Hub dataset.")
+    data.add_argument("--split", default="train", help="Dataset split.")
+    data.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it whole.")
+    data.add_argument("--image_dataset", default=None, help="Images for stages with image_ratio > 0, as 1-frame videos (default: --dataset at 1 frame).")
+    data.add_argument("--num_clips", type=int, default=2048, help="Shapes only: clips per epoch.")
+    data.add_argument("--include_held_out", action="store_true", help="Shapes only: also train on the held-out (colour, shape, motion) triples.")
+    data.add_argument("--fps", type=float, default=8.0, help="Frame rate clips are sampled at from real videos.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
+
+    stages = parser.add_argument_group("curriculum: a --stages file, or one stage from the flags below (PAPER.md §7)")
+    stages.add_argument("--stages", default=None, help="YAML or JSON stage file; each stage: name, resolution, num_frames, steps, batch_size, learning_rate, image_ratio, warmup_steps.")
+    stages.add_argument("--resolution", type=int, default=resolution, help="Pixel side of the single stage.")
+    stages.add_argument("--num_frames", type=int, default=num_frames, help="Frames per clip of the single stage (1 + 4k).")
+    stages.add_argument("--max_train_steps", type=int, default=1000, help="Optimizer steps of the single stage.")
+    stages.add_argument("--train_batch_size", type=int, default=8, help="Global batch of the single stage, split across processes.")
+    stages.add_argument("--learning_rate", type=float, default=learning_rate, help="Peak learning rate of the single stage.")
+    stages.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps of the single stage; cosine decay after.")
+
+    optim = parser.add_argument_group("optimization")
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1 (PAPER.md §7: 0.9).")
+    optim.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (PAPER.md §7: 0.95).")
+    optim.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay (PAPER.md §7: 0.05).")
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
+    optim.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"], help="bf16 on CPU or GPU; fp16 on GPU only.")
+    optim.add_argument("--gradient_checkpointing", action="store_true", help="Recompute activations in backward to save memory.")
+    optim.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; samples and the saved model use it.")
+    optim.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay.")
+    optim.add_argument("--seed", type=int, default=0, help="Seed of everything random.")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--output_dir", required=True, help="Checkpoints, samples, logs, history.json, loss_curve.png and the final model.")
+    out.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N optimizer steps.")
+    out.add_argument("--checkpoints_total_limit", type=int, default=3, help="Keep at most this many checkpoints.")
+    out.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
+    out.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "none"], help="Tracker for loss and learning rate.")
+    out.add_argument("--logging_steps", type=int, default=10, help="Log every N optimizer steps.")
+
+
+def check_training_args(parser, args) -> None:
+    """Reject bad flags before anything is loaded; `parser.error` prints one line and exits with status 2."""
+    for name in ("checkpointing_steps", "gradient_accumulation_steps", "logging_steps", "num_clips", "checkpoints_total_limit"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        parser.error("--mixed_precision fp16 needs a GPU (fp16 matmuls are ~100x slower on CPU); use bf16 or no.")
+    if not 0 < args.ema_decay < 1:
+        parser.error(f"--ema_decay must be in (0, 1), got {args.ema_decay}.")
+    try:
+        build_stages(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+
+
+def build_stages(args) -> list[Stage]:
+    if args.stages:
+        return load_stages(args.stages)
+    return [Stage("single", args.resolution, args.num_frames, args.max_train_steps, args.train_batch_size,
+                  args.learning_rate, warmup_steps=args.lr_warmup_steps)]  # fmt: skip

@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Train the VideoAR transformer on a frozen tokenizer and a frozen text encoder (PAPER.md §3, §5-§7).
+
+    accelerate launch examples/train_videoar.py \\
+        --tokenizer out/tokenizer/tokenizer --text_encoder path/to/text-encoder \\
+        --dataset shapes --stages examples/stages_shapes.yaml --output_dir out/videoar
+
+Cross-Frame Error Correction and the Random Frame Mask are on as the transformer config says; captions are dropped
+to the empty prompt with `--text_dropout` for classifier-free guidance. Checkpoints are accelerate states, resumable
+with `--resume_from_checkpoint latest`; the result is a whole `VideoARPipeline` in `output_dir/pipeline`.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from diffusers.utils import export_to_video
+from transformers import AutoModel, AutoTokenizer
+
+from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer
+from videoar_hf.error_correction import error_corrected_pyramid
+from videoar_hf.scale_schedule import get_scale_sizes
+from videoar_hf.training_utils import (
+    CheckpointManager,
+    LossHistory,
+    NonFiniteLossError,
+    StageBatches,
+    StageSchedule,
+    add_training_args,
+    all_finite,
+    build_dataset,
+    build_stages,
+    check_training_args,
+    collate,
+    parameters_finite,
+)
+
+logger = logging.getLogger("train_videoar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("models")
+    model.add_argument("--tokenizer", required=True, help="Folder or Hub id of a trained VideoARTokenizer (frozen).")
+    model.add_argument("--text_encoder", required=True, help="Folder or Hub id of a transformers text encoder and its tokenizer (frozen).")
+    model.add_argument("--transformer_preset", default="tiny", help="VideoARConfig preset of a new transformer: tiny, L, XL or 4B.")
+    model.add_argument("--transformer_config", default=None, help="JSON of VideoARConfig fields over the preset, e.g. '{\"hidden_size\": 256}'.")
+    model.add_argument("--pretrained_transformer", default=None, help="Continue from this VideoARTransformer instead.")
+    model.add_argument("--text_dropout", type=float, default=0.1, help="Probability of training on the empty prompt, for classifier-free guidance (PAPER.md §7).")
+    model.add_argument("--precompute", action="store_true", help="Encode each clip once per stage and each distinct caption once, and train on the cached latents and text states.")
+    add_training_args(parser, learning_rate=1e-4)
+    parser.add_argument("--validation_prompts", nargs="*", default=["a red circle moving left", "a white square moving up"], help="Prompts sampled at every checkpoint.")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_training_args(parser, args)
+    if not 0 <= args.text_dropout < 1:
+        parser.error(f"--text_dropout must be in [0, 1), got {args.text_dropout}.")
+    if args.transformer_config is not None:
+        try:
+            json.loads(args.transformer_config)
+        except json.JSONDecodeError as error:
+            parser.error(f"--transformer_config is not valid JSON: {error}")
+    return args
+
+
+class TextEncoder:
+    """The frozen text encoder. With `memoize`, each distinct caption is encoded once (`--precompute`)."""
+
+    def __init__(self, path: str, device, memoize: bool = False):
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+        self.device = device
+        self.memo: dict[str, torch.Tensor] | None = {} if memoize else None
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.tokenizer(texts, padding="longest", truncation=True, return_tensors="pt").to(self.device)
+        states = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return states.float(), tokens.attention_mask
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.memo is None:
+            return self.encode(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if missing:
+            states, mask = self.encode(missing)
+            self.memo.update({t: s[m.bool()] for t, s, m in zip(missing, states, mask)})
+        rows = [self.memo[t] for t in texts]
+        states = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r), dtype=torch.long) for r in rows], batch_first=True)
+        return states, mask.to(self.device)
+
+
+@torch.no_grad()
+def precompute_latents(dataset, video_tokenizer: VideoARTokenizer, batch_size: int = 16) -> list[dict]:
+    """Encode every clip once: `[{"latents": (d, T', h, w), "text": str}]`, a map-style dataset on the CPU."""
+    items = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        video = batch["video"].to(video_tokenizer.device, video_tokenizer.dtype)
+        latents = video_tokenizer.encode(video).latents.float().cpu()
+        items += [{"latents": x, "text": t} for x, t in zip(latents, batch["text"])]
+    return items
+
+
+def training_loss(args, batch, video_tokenizer, text_encoder, transformer, accelerator) -> torch.Tensor:
+    """Bitwise cross-entropy on the error-corrected pyramid of one batch (PAPER.md §3, §5)."""
+    if "latents" in batch:
+        latents = batch["latents"].to(accelerator.device)
+    else:
+        with torch.no_grad():
+            video = batch["video"].to(accelerator.device, video_tokenizer.dtype)
+            latents = video_tokenizer.encode(video).latents.float()
+    # captions dropped with torch's RNG, which checkpoints restore
+    keep = (torch.rand(len(batch["text"])) >= args.text_dropout).tolist()
+    text_states, text_mask = text_encoder([t if k else "" for t, k in zip(batch["text"], keep)])
+    config = accelerator.unwrap_model(transformer).config
+    scale_sizes = get_scale_sizes(config.scale_schedule, *latents.shape[-2:])
+    pyramid = error_corrected_pyramid(video_tokenizer.quantizer, latents, scale_sizes, config)
+    return transformer(pyramid.scale_inputs, text_states, text_mask, labels=pyramid.bits).loss
+
+
+def main(args: argparse.Namespace) -> Path:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # a global batch is split across processes: N processes train like one with the same batch
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}")
+    set_seed(args.seed)
+
+    video_tokenizer = VideoARTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval().requires_grad_(False)
+    text_encoder = TextEncoder(args.text_encoder, accelerator.device, memoize=args.precompute)
+    if args.pretrained_transformer:
+        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer)
+    else:
+        matching = {
+            "latent_bits": video_tokenizer.config.latent_channels,
+            "scale_schedule": list(video_tokenizer.config.scale_schedule),
+            "text_hidden_size": text_encoder.model.config.hidden_size,
+        }
+        config = VideoARConfig.from_preset(args.transformer_preset, **matching, **json.loads(args.transformer_config or "{}"))
+        transformer = VideoARTransformer(config)
+    if args.gradient_checkpointing:
+        transformer.gradient_checkpointing_enable()
+    transformer.train()
+
+    stages = build_stages(args)
+    schedule = StageSchedule(stages)
+    optimizer = torch.optim.AdamW(
+        transformer.parameters(), lr=1.0, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
+    )  # lr 1: the schedule gives the absolute learning rate
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_at)
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    ema = EMAModel(transformer.parameters(), decay=args.ema_decay) if args.use_ema else None
+    ema_parameters = ema.shadow_params if ema else None
+
+    checkpoints = CheckpointManager(accelerator, output_dir, args.checkpoints_total_limit)
+    step, history = 0, LossHistory()
+    if (resume_path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
+        step, history = checkpoints.load(resume_path, ema_parameters)
+        logger.info(f"Resumed from {resume_path} at step {step}.")
+    accelerator.init_trackers("train_videoar", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    def pipeline() -> VideoARPipeline:
+        pipe = VideoARPipeline(
+            video_tokenizer=video_tokenizer, transformer=accelerator.unwrap_model(transformer),
+            text_encoder=text_encoder.model, tokenizer=text_encoder.tokenizer,
+        )  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def save_samples(folder: Path, stage) -> None:
+        model = accelerator.unwrap_model(transformer).eval()
+        if ema:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, prompt in enumerate(args.validation_prompts):
+            video = pipeline()(
+                prompt, num_frames=stage.num_frames, height=stage.resolution, width=stage.resolution,
+                generator=torch.Generator().manual_seed(args.seed + i),
+            ).frames[0]  # fmt: skip
+            export_to_video(list(video), str(folder / f"{i:02d}.mp4"), fps=8)
+        if ema:
+            ema.restore(model.parameters())
+        model.train()
+
+    first_stage, first_local = schedule.locate(step) if step < schedule.total_steps else (len(stages), 0)
+    for index in range(first_stage, len(stages)):
+        stage = stages[index]
+        start = first_local if index == first_stage else 0
+        logger.info(f"Stage {stage.name}: steps {start}..{stage.steps}, {stage.resolution}px x {stage.num_frames} frames")
+        stage_batches = StageBatches(
+            accelerator, stage, {False: args.dataset, True: args.image_dataset or args.dataset},
+            lambda source, frames: build_dataset(args, source, stage.resolution, frames, seed=args.seed + index),
+            args.gradient_accumulation_steps, start, seed=args.seed + 1000 * index,
+            num_workers=args.dataloader_num_workers,
+            prepare=(lambda dataset: precompute_latents(dataset, video_tokenizer)) if args.precompute else None,
+        )  # fmt: skip
+
+        for local in range(start, stage.steps):
+            lr, losses = lr_scheduler.get_last_lr()[0], []
+            for batch in stage_batches.micro_batches(local):
+                with accelerator.accumulate(transformer):
+                    loss = training_loss(args, batch, video_tokenizer, text_encoder, transformer, accelerator)
+                    if not all_finite(accelerator, loss):
+                        saved = checkpoints.save(step, history, ema_parameters) if parameters_finite(transformer) else None
+                        raise NonFiniteLossError(
+                            f"The loss became {loss.item()} at step {step + 1} (stage {stage.name}); "
+                            + (f"the last finite state is in {saved}." if saved else "the weights are not finite either.")
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                    losses.append(loss.detach())
+            step += 1
+            if ema:
+                ema.step(transformer.parameters())
+            mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+            history.append(step, loss=mean_loss, lr=lr)
+            if step % args.logging_steps == 0 or step == schedule.total_steps:
+                accelerator.log({"loss": mean_loss, "lr": lr}, step=step)
+                logger.info(f"step {step}/{schedule.total_steps} loss {mean_loss:.4f} lr {lr:.2e}")
+            if step % args.checkpointing_steps == 0:
+                path = checkpoints.save(step, history, ema_parameters)
+                if accelerator.is_main_process and args.validation_prompts:
+                    save_samples(output_dir / "samples" / path.name, stage)
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema:
+            ema.copy_to(accelerator.unwrap_model(transformer).parameters())
+        pipeline().save_pretrained(output_dir / "pipeline")
+        history.save(output_dir / "history.json")
+        history.plot(output_dir / "loss_curve.png", title="VideoAR transformer")
+    accelerator.end_training()
+    return output_dir / "pipeline"
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except NonFiniteLossError as error:
+        print(f"train_videoar: {error}", file=sys.stderr)
+        sys.exit(1)

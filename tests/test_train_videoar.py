@@ -1,0 +1,205 @@
+"""`examples/train_videoar.py` end to end on CPU with tiny models: loss, curriculum, resume, NaN, 2 processes."""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from videoar_hf import VideoARPipeline
+from videoar_hf.testing_utils import tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_videoar.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_videoar", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory):
+    """A tiny tokenizer (32 px -> 4x4 latents, scales 1, 2, 4) and a tiny text encoder, saved as a user would."""
+    folder = tmp_path_factory.mktemp("components")
+    pipe = tiny_pipeline()
+    pipe.video_tokenizer.save_pretrained(folder / "tokenizer")
+    pipe.text_encoder.save_pretrained(folder / "text_encoder")
+    pipe.tokenizer.save_pretrained(folder / "text_encoder")
+    return folder
+
+
+def base_args(components, output_dir, *extra):
+    return [
+        "--tokenizer", str(components / "tokenizer"), "--text_encoder", str(components / "text_encoder"),
+        "--output_dir", str(output_dir), "--dataset", "shapes", "--num_clips", "32",
+        "--resolution", "32", "--num_frames", "5", "--train_batch_size", "4", "--learning_rate", "3e-3",
+        "--report_to", "none", "--validation_prompts", "a red circle moving left", "--logging_steps", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_training_runs_end_to_end_and_the_loss_falls(components, tmp_path):
+    script = load_script()
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "30", "--checkpointing_steps",
+                                       "15", "--precompute", "--use_ema", "--ema_decay", "0.9"))  # fmt: skip
+    pipeline_dir = script.main(args)
+    losses = [r["loss"] for r in json.loads((tmp_path / "history.json").read_text())]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    assert (tmp_path / "loss_curve.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["checkpoint-15", "checkpoint-30"]
+    assert (tmp_path / "samples" / "checkpoint-30" / "00.mp4").stat().st_size > 0
+    pipe = VideoARPipeline.from_pretrained(pipeline_dir)
+    assert pipe("a blue square moving up", num_frames=5, output_type="np").frames.shape == (1, 5, 32, 32, 3)
+
+
+def test_curriculum_runs_two_stages_at_different_sizes(components, tmp_path):
+    stages = {
+        "stages": [
+            {"name": "I", "resolution": 16, "num_frames": 5, "steps": 4, "batch_size": 4, "learning_rate": 2e-3,
+             "image_ratio": 0.5},
+            {"name": "II", "resolution": 32, "num_frames": 9, "steps": 3, "batch_size": 2, "learning_rate": 1e-3},
+        ]
+    }  # fmt: skip
+    (tmp_path / "stages.json").write_text(json.dumps(stages))
+    seen = []
+    script = load_script()
+    original = script.training_loss
+
+    def spy(args, batch, *rest):
+        seen.append(tuple(batch["video"].shape))
+        return original(args, batch, *rest)
+
+    script.training_loss = spy
+    args = script.parse_args(base_args(components, tmp_path / "run", "--stages", str(tmp_path / "stages.json"),
+                                       "--validation_prompts"))  # fmt: skip
+    script.main(args)
+    stage_one, stage_two = set(seen[:4]), set(seen[4:])
+    assert stage_one <= {(4, 3, 5, 16, 16), (4, 3, 1, 16, 16)} and len(stage_one) == 2, "videos and stills in stage I"
+    assert stage_two == {(2, 3, 9, 32, 32)}
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["step"] for r in history] == list(range(1, 8))
+    assert history[4]["lr"] == pytest.approx(1e-3), "stage II starts at its own peak learning rate"
+
+
+def run_script(args, env=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env)
+
+
+def test_kill_and_resume_reaches_the_same_weights_and_loss_curve(components, tmp_path):
+    # error correction and the random frame mask stay on: their randomness must be restored too
+    common = ["--max_train_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+              "--validation_prompts"]  # fmt: skip
+    reference = run_script(base_args(components, tmp_path / "reference", *common))
+    assert reference.wait(timeout=300) == 0
+
+    killed = run_script(base_args(components, tmp_path / "killed", *common))
+    deadline = time.time() + 240
+    while not (tmp_path / "killed" / "checkpoint-4").exists():
+        assert killed.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "pipeline").exists()
+
+    resumed = run_script(base_args(components, tmp_path / "killed", *common, "--resume_from_checkpoint", "latest"))
+    assert resumed.wait(timeout=300) == 0
+
+    def outcome(run):
+        history = json.loads((tmp_path / run / "history.json").read_text())
+        return load_file(tmp_path / run / "pipeline" / "transformer" / "model.safetensors"), history
+
+    (weights, history), (weights_resumed, history_resumed) = outcome("reference"), outcome("killed")
+    assert history_resumed == history
+    assert weights.keys() == weights_resumed.keys()
+    assert all(torch.equal(weights[k], weights_resumed[k]) for k in weights)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step(components, tmp_path):
+    script = load_script()
+    original = script.training_loss
+    calls = []
+
+    def poisoned(*args):
+        calls.append(1)
+        loss = original(*args)
+        return loss * float("nan") if len(calls) == 4 else loss
+
+    script.training_loss = poisoned
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "6", "--validation_prompts"))
+    with pytest.raises(script.NonFiniteLossError, match="nan at step 4") as error:
+        script.main(args)
+    assert "checkpoint-3" in str(error.value)
+    state = json.loads((tmp_path / "checkpoint-3" / "training_state.json").read_text())
+    assert state["step"] == 3 and len(state["history"]) == 3
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--text_dropout", "1.5"], "--text_dropout"),
+        (["--mixed_precision", "fp16"], "fp16"),
+        (["--checkpointing_steps", "0"], "--checkpointing_steps"),
+        (["--transformer_config", "{oops"], "--transformer_config"),
+        (["--stages", "/no/such/stages.yaml"], "stages.yaml"),
+    ],
+)
+def test_bad_flags_stop_with_one_line(components, tmp_path, capsys, extra, message):
+    if extra[:2] == ["--mixed_precision", "fp16"] and torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU")
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().parse_args(base_args(components, tmp_path, *extra))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_missing_dataset_stops_before_training(components, tmp_path):
+    script = load_script()
+    args = script.parse_args(base_args(components, tmp_path, "--dataset", str(tmp_path / "nowhere")))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        script.main(args)
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+    assert out.returncode == 0
+    actions = [a for a in load_script().build_parser()._actions if a.option_strings != ["-h", "--help"]]
+    assert all(action.help for action in actions)
+    assert all(action.option_strings[0] in out.stdout for action in actions)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="needs the accelerate launcher")
+def test_two_processes_with_gloo_match_one_process(components, tmp_path):
+    # stochastic parts off: error correction, the frame mask and text dropout draw per process
+    common = ["--max_train_steps", "4", "--train_batch_size", "4", "--text_dropout", "0", "--validation_prompts",
+              "--transformer_config", json.dumps({"error_correction": False, "frame_mask_prob": 0.0})]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    two = subprocess.run(
+        ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+         "no", "--dynamo_backend", "no", str(SCRIPT), *base_args(components, tmp_path / "two", *common)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stderr
+    one = run_script(base_args(components, tmp_path / "one", *common), env=env)
+    assert one.wait(timeout=300) == 0
+    weights_two = load_file(tmp_path / "two" / "pipeline" / "transformer" / "model.safetensors")
+    weights_one = load_file(tmp_path / "one" / "pipeline" / "transformer" / "model.safetensors")
+    for key in weights_one:
+        torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=1e-4)
+    losses = [[r["loss"] for r in json.loads((tmp_path / run / "history.json").read_text())] for run in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
