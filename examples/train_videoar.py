@@ -38,6 +38,7 @@ from videoar_hf.training_utils import (
     build_stages,
     check_training_args,
     collate,
+    ema_tensors,
     parameters_finite,
 )
 
@@ -168,12 +169,13 @@ def main(args: argparse.Namespace) -> Path:
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_at)
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     ema = EMAModel(transformer.parameters(), decay=args.ema_decay) if args.use_ema else None
-    ema_parameters = ema.shadow_params if ema else None
 
     checkpoints = CheckpointManager(accelerator, output_dir, args.checkpoints_total_limit)
     step, history = 0, LossHistory()
     if (resume_path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
-        step, history = checkpoints.load(resume_path, ema_parameters)
+        step, history = checkpoints.load(resume_path, ema_tensors(ema))
+        if ema:
+            ema.optimization_step = step
         logger.info(f"Resumed from {resume_path} at step {step}.")
     accelerator.init_trackers("train_videoar", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
@@ -220,7 +222,7 @@ def main(args: argparse.Namespace) -> Path:
                 with accelerator.accumulate(transformer):
                     loss = training_loss(args, batch, video_tokenizer, text_encoder, transformer, accelerator)
                     if not all_finite(accelerator, loss):
-                        saved = checkpoints.save(step, history, ema_parameters) if parameters_finite(transformer) else None
+                        saved = checkpoints.save(step, history, ema_tensors(ema)) if parameters_finite(transformer) else None
                         raise NonFiniteLossError(
                             f"The loss became {loss.item()} at step {step + 1} (stage {stage.name}); "
                             + (f"the last finite state is in {saved}." if saved else "the weights are not finite either.")
@@ -241,7 +243,7 @@ def main(args: argparse.Namespace) -> Path:
                 accelerator.log({"loss": mean_loss, "lr": lr}, step=step)
                 logger.info(f"step {step}/{schedule.total_steps} loss {mean_loss:.4f} lr {lr:.2e}")
             if step % args.checkpointing_steps == 0:
-                path = checkpoints.save(step, history, ema_parameters)
+                path = checkpoints.save(step, history, ema_tensors(ema))
                 if accelerator.is_main_process and args.validation_prompts:
                     save_samples(output_dir / "samples" / path.name, stage)
 

@@ -101,7 +101,7 @@ def run_script(args, env=None):
 def test_kill_and_resume_reaches_the_same_weights_and_loss_curve(components, tmp_path):
     # error correction and the random frame mask stay on: their randomness must be restored too
     common = ["--max_train_steps", "8", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-              "--validation_prompts"]  # fmt: skip
+              "--use_ema", "--ema_decay", "0.9", "--validation_prompts"]  # fmt: skip
     reference = run_script(base_args(components, tmp_path / "reference", *common))
     assert reference.wait(timeout=300) == 0
 

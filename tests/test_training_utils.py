@@ -99,14 +99,14 @@ def test_checkpoints_restore_weights_rngs_and_history_and_keep_a_limit(tmp_path)
     history = LossHistory()
     for step in range(1, 5):
         history.append(step, loss=train_step(model, optimizer))
-        checkpoints.save(step, history, ema_parameters=[p.detach() * 2 for p in model.parameters()])
+        checkpoints.save(step, history, {f"ema.{i}": p.detach() * 2 for i, p in enumerate(model.parameters())})
     assert [p.name for p in checkpoints.checkpoints()] == ["checkpoint-3", "checkpoint-4"]
     expected_next = train_step(model, optimizer)
     weights = [p.detach().clone() for p in model.parameters()]
 
     accelerator, model, optimizer, checkpoints = make_run(tmp_path)
     ema = [torch.zeros_like(p) for p in model.parameters()]
-    step, restored = checkpoints.load(checkpoints.resolve("latest"), ema_parameters=ema)
+    step, restored = checkpoints.load(checkpoints.resolve("latest"), {f"ema.{i}": e for i, e in enumerate(ema)})
     assert step == 4 and restored.records == history.records
     assert train_step(model, optimizer) == expected_next, "same weights, optimizer state and RNG"
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), weights))

@@ -2,7 +2,7 @@
 
 Checkpoints are accelerate's `save_state` folders, written under a temporary name and renamed into place, so a kill
 at any moment leaves the previous checkpoint usable. Everything we add to them (EMA weights, the loss history, the
-position in the curriculum) is safetensors or JSON: nothing is read back with pickle.
+position in the curriculum) is safetensors or JSON: nothing of ours is read back with pickle.
 """
 
 import json
@@ -158,8 +158,8 @@ class LossHistory:
 class CheckpointManager:
     """`output_dir/checkpoint-{step}` folders, written atomically, at most `total_limit` kept.
 
-    Besides accelerate's state, a checkpoint holds `training_state.json` (the global step and the loss history) and,
-    with EMA, `ema.safetensors`.
+    Besides accelerate's state, a checkpoint holds `training_state.json` (the global step and the loss history) and
+    `extra.safetensors`: state outside the prepared objects (EMA weights, LeCAM averages), restored in place.
     """
 
     def __init__(self, accelerator: Accelerator, output_dir: str | Path, total_limit: int | None = None):
@@ -186,7 +186,7 @@ class CheckpointManager:
             raise FileNotFoundError(f"--resume_from_checkpoint {str(path)!r} is not a checkpoint folder of this script.")
         return path
 
-    def save(self, step: int, history: LossHistory, ema_parameters: list[torch.Tensor] | None = None) -> Path:
+    def save(self, step: int, history: LossHistory, extra: dict[str, torch.Tensor] | None = None) -> Path:
         target = self.output_dir / f"checkpoint-{step}"
         tmp = self.output_dir / f".checkpoint-{step}.partial"
         if self.accelerator.is_main_process and tmp.exists():
@@ -195,21 +195,23 @@ class CheckpointManager:
         self.accelerator.save_state(tmp, safe_serialization=True)
         if self.accelerator.is_main_process:
             (tmp / "training_state.json").write_text(json.dumps({"step": step, "history": history.records}))
-            if ema_parameters is not None:
-                save_file({f"{i}": p.detach().cpu().contiguous() for i, p in enumerate(ema_parameters)}, tmp / "ema.safetensors")
+            tensors = {name: t.detach().cpu().contiguous() for name, t in (extra or {}).items()}
+            save_file(tensors, tmp / "extra.safetensors")
             replace_directory(tmp, target)
             self._prune()
         self.accelerator.wait_for_everyone()
         return target
 
-    def load(self, path: Path, ema_parameters: list[torch.Tensor] | None = None) -> tuple[int, LossHistory]:
-        """Restore accelerate's state (model, optimizer, scheduler, RNGs); return the step and the loss history."""
+    def load(self, path: Path, extra: dict[str, torch.Tensor] | None = None) -> tuple[int, LossHistory]:
+        """Restore accelerate's state (models, optimizers, schedulers, RNGs) and copy the saved `extra` tensors into
+        the given ones; return the step and the loss history."""
         self.accelerator.load_state(path)
         state = json.loads((path / "training_state.json").read_text())
-        if ema_parameters is not None:
-            saved = load_file(path / "ema.safetensors")
-            for i, p in enumerate(ema_parameters):
-                p.data.copy_(saved[f"{i}"])
+        saved = load_file(path / "extra.safetensors")
+        for name, tensor in (extra or {}).items():
+            if name not in saved:
+                raise ValueError(f"Checkpoint {str(path)!r} has no `{name}`: was it saved with the same options?")
+            tensor.data.copy_(saved[name])
         return state["step"], LossHistory(state["history"])
 
     def _prune(self) -> None:
@@ -389,3 +391,10 @@ def build_stages(args) -> list[Stage]:
         return load_stages(args.stages)
     return [Stage("single", args.resolution, args.num_frames, args.max_train_steps, args.train_batch_size,
                   args.learning_rate, warmup_steps=args.lr_warmup_steps)]  # fmt: skip
+
+
+
+def ema_tensors(ema) -> dict[str, torch.Tensor]:
+    """A diffusers `EMAModel`'s weights for `CheckpointManager`. Its step counter is the training step (it steps
+    once per optimizer step), so a resumed run sets `ema.optimization_step = step`."""
+    return {} if ema is None else {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}
