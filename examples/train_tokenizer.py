@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Train the causal 3D bitwise video tokenizer (PAPER.md §2).
+
+    accelerate launch examples/train_tokenizer.py \\
+        --tokenizer_config '{"latent_channels": 16, "base_channels": 64}' \\
+        --dataset shapes --stages examples/stages_shapes.yaml --output_dir out/tokenizer
+
+Losses: L1 + L2 reconstruction, commitment and BSQ entropy penalty; optionally an LPIPS-style perceptual loss from a
+transformers vision backbone (`--perceptual_model`), and a hinge GAN with a 3D discriminator and LeCAM from
+`--gan_start_step` on. `--init_from_2d` inflates a 2D image tokenizer's safetensors weights into the 3D network
+(the 2D kernel in the last temporal slice, PAPER.md §2). The result is `output_dir/tokenizer`.
+"""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers.training_utils import EMAModel
+from diffusers.utils import export_to_video
+from safetensors.torch import load_file
+
+from videoar_hf import VideoARTokenizer
+from videoar_hf.atomic_directory import atomic_directory
+from videoar_hf.discriminator import Discriminator3D
+from videoar_hf.inflation import inflate_state_dict
+from videoar_hf.tokenizer_losses import PerceptualLoss, TokenizerLoss
+from videoar_hf.training_utils import (
+    CheckpointManager,
+    LossHistory,
+    NonFiniteLossError,
+    StageBatches,
+    StageSchedule,
+    add_training_args,
+    all_finite,
+    build_dataset,
+    build_stages,
+    check_training_args,
+    ema_tensors,
+    parameters_finite,
+)
+
+logger = logging.getLogger("train_tokenizer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'.")
+    model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
+    model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
+
+    losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
+    losses.add_argument("--l1_weight", type=float, default=1.0, help="L1 reconstruction weight.")
+    losses.add_argument("--l2_weight", type=float, default=1.0, help="L2 reconstruction weight.")
+    losses.add_argument("--commitment_weight", type=float, default=0.25, help="Commitment weight (VQ-VAE / BSQ beta).")
+    losses.add_argument("--entropy_weight", type=float, default=0.01, help="BSQ entropy penalty weight.")
+    losses.add_argument("--perceptual_model", default=None, help="Folder of a transformers vision backbone (safetensors) for the LPIPS-style loss.")
+    losses.add_argument("--perceptual_weight", type=float, default=0.1, help="Perceptual loss weight.")
+    losses.add_argument("--gan_weight", type=float, default=0.0, help="Generator GAN weight; 0 turns the GAN off.")
+    losses.add_argument("--gan_start_step", type=int, default=0, help="First step with the GAN terms (a warm-up without them before).")
+    losses.add_argument("--lecam_weight", type=float, default=0.001, help="LeCAM regularization weight of the discriminator.")
+    losses.add_argument("--discriminator_channels", type=int, default=32, help="Base width of the 3D discriminator.")
+    losses.add_argument("--discriminator_learning_rate", type=float, default=1e-4, help="Discriminator learning rate (constant).")
+    add_training_args(parser, learning_rate=1e-4)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_training_args(parser, args)
+    if args.tokenizer_config is not None:
+        try:
+            json.loads(args.tokenizer_config)
+        except json.JSONDecodeError as error:
+            parser.error(f"--tokenizer_config is not valid JSON: {error}")
+    if args.gan_weight < 0 or args.gan_start_step < 0:
+        parser.error("--gan_weight and --gan_start_step must be >= 0.")
+    for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).exists():
+            parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
+    if args.init_from_2d and not args.init_from_2d.endswith(".safetensors"):
+        parser.error("--init_from_2d must be a .safetensors file: weights are never read from pickles.")
+    return args
+
+
+def build_tokenizer(args) -> VideoARTokenizer:
+    if args.pretrained_tokenizer:
+        return VideoARTokenizer.from_pretrained(args.pretrained_tokenizer)
+    try:
+        tokenizer = VideoARTokenizer(**json.loads(args.tokenizer_config or "{}"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--tokenizer_config: {error}") from error
+    if args.init_from_2d:
+        inflated, unused = inflate_state_dict(load_file(args.init_from_2d), tokenizer)
+        missing, _ = tokenizer.load_state_dict(inflated, strict=False)
+        logger.info(f"Inflated {len(inflated)} tensors from {args.init_from_2d}; unused 2D keys: {unused}; left at init: {missing}")
+    return tokenizer
+
+
+def psnr(video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, videos in [-1, 1]."""
+    mse = ((reconstruction.float().clamp(-1, 1) - video.float()) / 2).pow(2).mean()
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def save_reconstructions(tokenizer, batch: dict, folder: Path) -> None:
+    """Side by side: input | reconstruction, one mp4 per clip."""
+    folder.mkdir(parents=True, exist_ok=True)
+    video = batch["video"][:4].to(tokenizer.device, tokenizer.dtype)
+    reconstruction = tokenizer(video).sample.clamp(-1, 1)
+    pairs = torch.cat([video, reconstruction], dim=-1).float().add(1).div(2)  # (B, 3, T, H, 2W) in [0, 1]
+    for i, clip in enumerate(pairs):
+        export_to_video(list(clip.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)), str(folder / f"{i:02d}.mp4"), fps=8)
+
+
+def main(args: argparse.Namespace) -> Path:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}")
+    set_seed(args.seed)
+
+    tokenizer = build_tokenizer(args)
+    if args.gradient_checkpointing:
+        tokenizer.enable_gradient_checkpointing()
+    tokenizer.train()
+    perceptual = PerceptualLoss.from_pretrained(args.perceptual_model) if args.perceptual_model else None
+    loss_fn = TokenizerLoss(
+        l1_weight=args.l1_weight, l2_weight=args.l2_weight, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
+        commitment_weight=args.commitment_weight, entropy_weight=args.entropy_weight, gan_weight=args.gan_weight,
+        lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
+    ).to(accelerator.device)  # fmt: skip
+
+    stages = build_stages(args)
+    for stage in stages:  # fail before training when a stage's size does not fit the tokenizer
+        tokenizer.validate_video_shape(stage.num_frames, stage.resolution, stage.resolution)
+    schedule = StageSchedule(stages)
+    betas = (args.adam_beta1, args.adam_beta2)
+    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=1.0, betas=betas, weight_decay=args.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_at)  # lr 1: the schedule is absolute
+    tokenizer, optimizer, lr_scheduler = accelerator.prepare(tokenizer, optimizer, lr_scheduler)
+    discriminator = discriminator_optimizer = None
+    if args.gan_weight > 0:
+        discriminator = Discriminator3D(base_channels=args.discriminator_channels, norm_num_groups=8)
+        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate, betas=betas)
+        discriminator, discriminator_optimizer = accelerator.prepare(discriminator, discriminator_optimizer)
+    ema = EMAModel(tokenizer.parameters(), decay=args.ema_decay) if args.use_ema else None
+
+    def extra_state() -> dict[str, torch.Tensor]:
+        return {**ema_tensors(ema), **{f"lecam.{k}": v for k, v in loss_fn.lecam.state_dict().items()}}
+
+    checkpoints = CheckpointManager(accelerator, output_dir, args.checkpoints_total_limit)
+    step, history = 0, LossHistory()
+    if (resume_path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
+        step, history = checkpoints.load(resume_path, extra_state())
+        if ema:
+            ema.optimization_step = step
+        logger.info(f"Resumed from {resume_path} at step {step}.")
+    accelerator.init_trackers("train_tokenizer", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    models = [m for m in (tokenizer, discriminator) if m is not None]
+
+    first_stage, first_local = schedule.locate(step) if step < schedule.total_steps else (len(stages), 0)
+    for index in range(first_stage, len(stages)):
+        stage = stages[index]
+        start = first_local if index == first_stage else 0
+        logger.info(f"Stage {stage.name}: steps {start}..{stage.steps}, {stage.resolution}px x {stage.num_frames} frames")
+        stage_batches = StageBatches(
+            accelerator, stage, {False: args.dataset, True: args.image_dataset or args.dataset},
+            lambda source, frames: build_dataset(args, source, stage.resolution, frames, seed=args.seed + index),
+            args.gradient_accumulation_steps, start, seed=args.seed + 1000 * index,
+            num_workers=args.dataloader_num_workers,
+        )  # fmt: skip
+
+        for local in range(start, stage.steps):
+            lr, logs = lr_scheduler.get_last_lr()[0], []
+            for batch in stage_batches.micro_batches(local):
+                with accelerator.accumulate(*models):
+                    video = batch["video"].to(accelerator.device)
+                    out = tokenizer(video)
+                    loss, parts = loss_fn(video, out.sample, out.latents, out.commitment_loss, step, discriminator)
+                    if not all_finite(accelerator, loss):
+                        saved = checkpoints.save(step, history, extra_state()) if parameters_finite(tokenizer) else None
+                        raise NonFiniteLossError(
+                            f"The loss became {loss.item()} at step {step + 1} (stage {stage.name}); "
+                            + (f"the last finite state is in {saved}." if saved else "the weights are not finite either.")
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(tokenizer.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad()
+                    if loss_fn.gan_active(step):
+                        discriminator_loss, discriminator_parts = loss_fn.discriminator_loss(discriminator, video, out.sample)
+                        accelerator.backward(discriminator_loss)
+                        discriminator_optimizer.step()
+                        discriminator_optimizer.zero_grad()
+                        parts |= {f"discriminator_{k}": v for k, v in discriminator_parts.items()}
+                    logs.append({"loss": loss.detach(), "psnr": psnr(video, out.sample.detach()), **parts})
+            step += 1
+            if ema:
+                ema.step(tokenizer.parameters())
+            means = {k: accelerator.reduce(torch.stack([l[k] for l in logs]).mean(), "mean").item() for k in logs[0]}
+            history.append(step, lr=lr, **{(k if k in ("loss", "psnr") else f"{k}_loss"): v for k, v in means.items()})
+            if step % args.logging_steps == 0 or step == schedule.total_steps:
+                accelerator.log({**means, "lr": lr}, step=step)
+                logger.info(f"step {step}/{schedule.total_steps} loss {means['loss']:.4f} psnr {means['psnr']:.2f} dB")
+            if step % args.checkpointing_steps == 0:
+                path = checkpoints.save(step, history, extra_state())
+                if accelerator.is_main_process:
+                    save_reconstructions(accelerator.unwrap_model(tokenizer).eval(), batch, output_dir / "samples" / path.name)
+                    accelerator.unwrap_model(tokenizer).train()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(tokenizer).eval()
+        if ema:
+            ema.copy_to(model.parameters())
+        with atomic_directory(output_dir / "tokenizer") as tmp:
+            model.save_pretrained(tmp)
+        history.save(output_dir / "history.json")
+        history.plot(output_dir / "loss_curve.png", title="VideoAR tokenizer")
+    accelerator.end_training()
+    return output_dir / "tokenizer"
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except NonFiniteLossError as error:
+        print(f"train_tokenizer: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,108 @@
+"""`examples/train_tokenizer.py` end to end on CPU with a tiny tokenizer."""
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from videoar_hf import VideoARTokenizer
+from videoar_hf.causal_cnn import CausalConv3d
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"latent_channels": 8, "base_channels": 8, "channel_multipliers": [1, 2, 2, 2], "num_res_blocks": 1,
+        "spatial_compression_ratio": 8, "scale_schedule": [1, 2, 4], "norm_num_groups": 4, "sample_size": 32}  # fmt: skip
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_tokenizer", ROOT / "examples" / "train_tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def args_for(output_dir, *extra):
+    return load_script().parse_args([
+        "--tokenizer_config", json.dumps(TINY), "--output_dir", str(output_dir), "--dataset", "shapes",
+        "--num_clips", "32", "--resolution", "32", "--num_frames", "5", "--train_batch_size", "4",
+        "--learning_rate", "3e-3", "--report_to", "none", "--logging_steps", "1", *extra,
+    ])  # fmt: skip
+
+
+def history(output_dir):
+    return json.loads((Path(output_dir) / "history.json").read_text())
+
+
+def test_training_runs_and_reconstruction_improves(tmp_path):
+    tokenizer_dir = load_script().main(args_for(tmp_path, "--max_train_steps", "25", "--checkpointing_steps", "25"))
+    records = history(tmp_path)
+    assert len(records) == 25
+    first, last = records[:3], records[-3:]
+    assert sum(r["l1_loss"] for r in last) < 0.8 * sum(r["l1_loss"] for r in first)
+    assert sum(r["psnr"] for r in last) > sum(r["psnr"] for r in first)
+    tokenizer = VideoARTokenizer.from_pretrained(tokenizer_dir)
+    assert tokenizer.config.latent_channels == 8
+    assert (tmp_path / "samples" / "checkpoint-25" / "00.mp4").stat().st_size > 0
+    assert (tmp_path / "loss_curve.png").stat().st_size > 0
+
+
+def test_gan_switches_on_after_warm_up_and_resume_is_exact(tmp_path):
+    gan = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--gan_weight", "0.1", "--gan_start_step", "3",
+           "--use_ema", "--ema_decay", "0.9"]  # fmt: skip
+    load_script().main(args_for(tmp_path / "full", *gan))
+    records = history(tmp_path / "full")
+    assert all("discriminator_hinge_loss" not in r for r in records[:3])
+    assert all("discriminator_hinge_loss" in r and r["gan_loss"] != 0 for r in records[3:])
+
+    # resume from step 4, with the LeCAM averages, EMA and RNGs restored
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    load_script().main(args_for(tmp_path / "resumed", *gan, "--resume_from_checkpoint", "latest"))
+    assert history(tmp_path / "resumed") == records
+    full = load_file(tmp_path / "full" / "tokenizer" / "diffusion_pytorch_model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "tokenizer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_init_from_an_inflated_2d_tokenizer(tmp_path):
+    # a 2D state dict in LDM naming: each 3D kernel's last temporal slice, without our CausalConv3d's `.conv` level
+    torch.manual_seed(1)
+    source = VideoARTokenizer(**TINY)
+    causal = {name for name, module in source.named_modules() if isinstance(module, CausalConv3d)}
+    state_2d = {}
+    for key, value in source.state_dict().items():
+        module, _, leaf = key.rpartition(".conv.")
+        key_2d = f"{module}.{leaf}" if module in causal else key
+        state_2d[key_2d] = (value[:, :, -1] if value.ndim == 5 else value).contiguous()
+    save_file(state_2d, tmp_path / "tokenizer_2d.safetensors")
+    args = args_for(tmp_path / "run", "--max_train_steps", "1", "--init_from_2d", str(tmp_path / "tokenizer_2d.safetensors"))
+    tokenizer = load_script().build_tokenizer(args)
+    conv_in = tokenizer.encoder.conv_in.conv.weight
+    torch.testing.assert_close(conv_in[:, :, -1], source.encoder.conv_in.conv.weight[:, :, -1])
+    assert conv_in[:, :, :-1].abs().sum() == 0, "earlier temporal slices start at zero"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--init_from_2d", "weights.pth"], "--init_from_2d"),
+        (["--gan_weight", "-1"], "--gan_weight"),
+        (["--tokenizer_config", "{bad json"], "--tokenizer_config"),
+        (["--perceptual_model", "/no/such/backbone"], "--perceptual_model"),
+    ],
+)
+def test_bad_flags_stop_with_one_line(tmp_path, capsys, extra, message):
+    if extra[0] == "--init_from_2d":
+        (tmp_path / "weights.pth").write_bytes(b"pickle")
+        extra = [extra[0], str(tmp_path / "weights.pth")]
+    with pytest.raises(SystemExit) as exit_info:
+        args_for(tmp_path, *extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_stage_the_tokenizer_cannot_serve_stops_before_training(tmp_path):
+    with pytest.raises(ValueError, match="num_frames"):
+        load_script().main(args_for(tmp_path, "--num_frames", "6"))
+    assert not list(tmp_path.glob("checkpoint-*"))
