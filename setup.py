@@ -19,8 +19,9 @@ install_requires = [
 extras = {
     "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml", "peft>=0.17"],
     "app": ["gradio>=5.0"],
-    "test": ["pytest>=8", "pytest-timeout"],
 }
+# the tests cover training too
+extras["test"] = ["pytest>=8", "pytest-timeout", *extras["train"]]
 extras["dev"] = sorted({req for reqs in extras.values() for req in reqs})
 
 setup(

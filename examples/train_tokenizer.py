@@ -217,8 +217,11 @@ def main(args: argparse.Namespace) -> Path:
             means = {k: accelerator.reduce(torch.stack([l[k] for l in logs]).mean(), "mean").item() for k in logs[0]}
             history.append(step, lr=lr, **{(k if k in ("loss", "psnr") else f"{k}_loss"): v for k, v in means.items()})
             if step % args.logging_steps == 0 or step == schedule.total_steps:
-                accelerator.log({**means, "lr": lr}, step=step)
-                logger.info(f"step {step}/{schedule.total_steps} loss {means['loss']:.4f} psnr {means['psnr']:.2f} dB")
+                bad_data = {f"data/{k}": v for k, v in stage_batches.data_stats().items() if v}
+                accelerator.log({**means, "lr": lr, **bad_data}, step=step)
+                logger.info(
+                    f"step {step}/{schedule.total_steps} loss {means['loss']:.4f} psnr {means['psnr']:.2f} dB {bad_data or ''}"
+                )
             if step % args.checkpointing_steps == 0:
                 path = checkpoints.save(step, history, extra_state())
                 if accelerator.is_main_process:

@@ -240,8 +240,9 @@ def main(args: argparse.Namespace) -> Path:
             mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
             history.append(step, loss=mean_loss, lr=lr)
             if step % args.logging_steps == 0 or step == schedule.total_steps:
-                accelerator.log({"loss": mean_loss, "lr": lr}, step=step)
-                logger.info(f"step {step}/{schedule.total_steps} loss {mean_loss:.4f} lr {lr:.2e}")
+                bad_data = {f"data/{k}": v for k, v in stage_batches.data_stats().items() if v}
+                accelerator.log({"loss": mean_loss, "lr": lr, **bad_data}, step=step)
+                logger.info(f"step {step}/{schedule.total_steps} loss {mean_loss:.4f} lr {lr:.2e} {bad_data or ''}")
             if step % args.checkpointing_steps == 0:
                 path = checkpoints.save(step, history, ema_tensors(ema))
                 if accelerator.is_main_process and args.validation_prompts:

@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,12 @@ def test_a_stage_the_tokenizer_cannot_serve_stops_before_training(tmp_path):
     with pytest.raises(ValueError, match="num_frames"):
         load_script().main(args_for(tmp_path, "--num_frames", "6"))
     assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_tokenizer.py"), "--help"], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+    assert out.returncode == 0
+    actions = [a for a in load_script().build_parser()._actions if a.option_strings != ["-h", "--help"]]
+    assert all(action.help for action in actions)
+    assert all(action.option_strings[0] in out.stdout for action in actions)

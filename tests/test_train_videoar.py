@@ -203,3 +203,33 @@ def test_two_processes_with_gloo_match_one_process(components, tmp_path):
         torch.testing.assert_close(weights_two[key], weights_one[key], atol=1e-5, rtol=1e-4)
     losses = [[r["loss"] for r in json.loads((tmp_path / run / "history.json").read_text())] for run in ("one", "two")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_bad_videos_in_a_videofolder_are_skipped_counted_and_logged(components, tmp_path, caplog):
+    import av
+    import numpy as np
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rows = ["file_name,text"]
+    for i in range(6):
+        with av.open(str(folder / f"{i}.mp4"), "w") as container:
+            stream = container.add_stream("mpeg4", rate=16)
+            stream.height = stream.width = 32
+            stream.pix_fmt = "yuv420p"
+            for t in range(4 if i == 5 else 24):  # clip 5 is too short for 5 frames at 8 fps
+                frame = np.full((32, 32, 3), 10 * t, np.uint8)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        rows.append(f"{i}.mp4,a gray square number {i}")
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    rows.append("broken.mp4,a broken clip")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+
+    script = load_script()
+    args = script.parse_args(base_args(components, tmp_path / "run", "--dataset", str(folder), "--max_train_steps",
+                                       "3", "--train_batch_size", "2", "--validation_prompts"))  # fmt: skip
+    with caplog.at_level("INFO"):
+        script.main(args)
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 3
+    assert "broken.mp4" in caplog.text and "data/corrupt" in caplog.text

@@ -298,12 +298,13 @@ class StageBatches:
         rng = random.Random(seed)
         self.is_image_step = [rng.random() < stage.image_ratio for _ in range(stage.steps)]
         self.accumulation = accumulation
-        self.loaders = {}
+        self.loaders, self.datasets = {}, []
         for is_image in (False, True):
             num_steps = self.is_image_step.count(is_image)
             if num_steps == 0:
                 continue
             dataset = make_dataset(sources[is_image], 1 if is_image else stage.num_frames)
+            self.datasets.append(dataset)
             if prepare is not None:
                 dataset = prepare(dataset)
             done = self.is_image_step[:start_step].count(is_image) * accumulation
@@ -321,6 +322,14 @@ class StageBatches:
         sampler = ResumableBatchSampler(len(dataset), batch_size, num_batches, seed, done)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **options)
         return iter(accelerator.prepare_data_loader(loader))
+
+    def data_stats(self) -> dict[str, int]:
+        """Bad items met so far (corrupt, too short, padded, missing caption), summed over this stage's datasets."""
+        totals: dict[str, int] = {}
+        for dataset in self.datasets:
+            for kind, count in (dataset.stats.as_dict() if hasattr(dataset, "stats") else {}).items():
+                totals[kind] = totals.get(kind, 0) + count
+        return totals
 
     def micro_batches(self, local_step: int):
         """The `accumulation` micro-batches of one optimizer step."""
