@@ -157,8 +157,8 @@ def main(args: argparse.Namespace) -> Path:
         }
         config = VideoARConfig.from_preset(args.transformer_preset, **matching, **json.loads(args.transformer_config or "{}"))
         transformer = VideoARTransformer(config)
-    if args.gradient_checkpointing:
-        transformer.gradient_checkpointing_enable()
+    if args.gradient_checkpointing:  # transformers 5.23 renamed gradient_checkpointing_enable
+        getattr(transformer, "activation_checkpointing_enable", transformer.gradient_checkpointing_enable)()
     transformer.train()
 
     stages = build_stages(args)

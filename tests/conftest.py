@@ -16,3 +16,13 @@ def tiny_pipe():
     from videoar_hf.testing_utils import tiny_pipeline
 
     return tiny_pipeline()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; scripts run in-process each get a new one, as in a new process."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -205,7 +205,8 @@ def test_two_processes_with_gloo_match_one_process(components, tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
-def test_bad_videos_in_a_videofolder_are_skipped_counted_and_logged(components, tmp_path, caplog):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_bad_videos_in_a_videofolder_are_skipped_counted_and_logged(components, tmp_path, caplog, streaming):
     import av
     import numpy as np
 
@@ -228,8 +229,20 @@ def test_bad_videos_in_a_videofolder_are_skipped_counted_and_logged(components, 
 
     script = load_script()
     args = script.parse_args(base_args(components, tmp_path / "run", "--dataset", str(folder), "--max_train_steps",
-                                       "3", "--train_batch_size", "2", "--validation_prompts"))  # fmt: skip
+                                       "3", "--train_batch_size", "2", "--validation_prompts",
+                                       *(["--streaming"] if streaming else [])))  # fmt: skip
     with caplog.at_level("INFO"):
         script.main(args)
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 3
     assert "broken.mp4" in caplog.text and "data/corrupt" in caplog.text
+
+
+def test_bf16_gradient_accumulation_checkpointing_and_tensorboard(components, tmp_path):
+    script = load_script()
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "3", "--mixed_precision", "bf16",
+                                       "--gradient_accumulation_steps", "2", "--gradient_checkpointing",
+                                       "--report_to", "tensorboard", "--validation_prompts"))  # fmt: skip
+    script.main(args)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*")), "tensorboard wrote its event file"
