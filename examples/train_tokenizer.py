@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from diffusers.utils import export_to_video
 from safetensors.torch import load_file
@@ -31,18 +29,18 @@ from videoar_hf.discriminator import Discriminator3D
 from videoar_hf.inflation import inflate_state_dict
 from videoar_hf.tokenizer_losses import PerceptualLoss, TokenizerLoss
 from videoar_hf.training_utils import (
-    CheckpointManager,
-    LossHistory,
     NonFiniteLossError,
-    StageBatches,
     StageSchedule,
     add_training_args,
     all_finite,
-    build_dataset,
     build_stages,
     check_training_args,
     ema_tensors,
-    parameters_finite,
+    make_accelerator,
+    stage_batches_for,
+    start_or_resume,
+    stop_on_non_finite_loss,
+    trackable,
 )
 
 logger = logging.getLogger("train_tokenizer")
@@ -123,16 +121,7 @@ def save_reconstructions(tokenizer, batch: dict, folder: Path) -> None:
 
 def main(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}")
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)
 
     tokenizer = build_tokenizer(args)
     if args.gradient_checkpointing:
@@ -163,27 +152,15 @@ def main(args: argparse.Namespace) -> Path:
     def extra_state() -> dict[str, torch.Tensor]:
         return {**ema_tensors(ema), **{f"lecam.{k}": v for k, v in loss_fn.lecam.state_dict().items()}}
 
-    checkpoints = CheckpointManager(accelerator, output_dir, args.checkpoints_total_limit)
-    step, history = 0, LossHistory()
-    if (resume_path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
-        step, history = checkpoints.load(resume_path, extra_state())
-        if ema:
-            ema.optimization_step = step
-        logger.info(f"Resumed from {resume_path} at step {step}.")
-    accelerator.init_trackers("train_tokenizer", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    checkpoints, step, history = start_or_resume(args, accelerator, extra_state(), ema)
+    accelerator.init_trackers("train_tokenizer", config=trackable(args))
     models = [m for m in (tokenizer, discriminator) if m is not None]
 
     first_stage, first_local = schedule.locate(step) if step < schedule.total_steps else (len(stages), 0)
     for index in range(first_stage, len(stages)):
         stage = stages[index]
         start = first_local if index == first_stage else 0
-        logger.info(f"Stage {stage.name}: steps {start}..{stage.steps}, {stage.resolution}px x {stage.num_frames} frames")
-        stage_batches = StageBatches(
-            accelerator, stage, {False: args.dataset, True: args.image_dataset or args.dataset},
-            lambda source, frames: build_dataset(args, source, stage.resolution, frames, seed=args.seed + index),
-            args.gradient_accumulation_steps, start, seed=args.seed + 1000 * index,
-            num_workers=args.dataloader_num_workers,
-        )  # fmt: skip
+        stage_batches = stage_batches_for(args, accelerator, stages, index, start)
 
         for local in range(start, stage.steps):
             lr, logs = lr_scheduler.get_last_lr()[0], []
@@ -193,11 +170,7 @@ def main(args: argparse.Namespace) -> Path:
                     out = tokenizer(video)
                     loss, parts = loss_fn(video, out.sample, out.latents, out.commitment_loss, step, discriminator)
                     if not all_finite(accelerator, loss):
-                        saved = checkpoints.save(step, history, extra_state()) if parameters_finite(tokenizer) else None
-                        raise NonFiniteLossError(
-                            f"The loss became {loss.item()} at step {step + 1} (stage {stage.name}); "
-                            + (f"the last finite state is in {saved}." if saved else "the weights are not finite either.")
-                        )
+                        stop_on_non_finite_loss(loss, step, checkpoints, tokenizer, history, extra_state())
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(tokenizer.parameters(), args.max_grad_norm)

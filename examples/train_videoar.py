@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.training_utils import EMAModel
 from diffusers.utils import export_to_video
 from transformers import AutoModel, AutoTokenizer
@@ -27,19 +25,19 @@ from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoAR
 from videoar_hf.error_correction import error_corrected_pyramid
 from videoar_hf.scale_schedule import get_scale_sizes
 from videoar_hf.training_utils import (
-    CheckpointManager,
-    LossHistory,
     NonFiniteLossError,
-    StageBatches,
     StageSchedule,
     add_training_args,
     all_finite,
-    build_dataset,
     build_stages,
     check_training_args,
     collate,
     ema_tensors,
-    parameters_finite,
+    make_accelerator,
+    stage_batches_for,
+    start_or_resume,
+    stop_on_non_finite_loss,
+    trackable,
 )
 
 logger = logging.getLogger("train_videoar")
@@ -133,17 +131,7 @@ def training_loss(args, batch, video_tokenizer, text_encoder, transformer, accel
 
 def main(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        # a global batch is split across processes: N processes train like one with the same batch
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}")
-    set_seed(args.seed)
+    accelerator = make_accelerator(args)
 
     video_tokenizer = VideoARTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval().requires_grad_(False)
     text_encoder = TextEncoder(args.text_encoder, accelerator.device, memoize=args.precompute)
@@ -170,14 +158,8 @@ def main(args: argparse.Namespace) -> Path:
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     ema = EMAModel(transformer.parameters(), decay=args.ema_decay) if args.use_ema else None
 
-    checkpoints = CheckpointManager(accelerator, output_dir, args.checkpoints_total_limit)
-    step, history = 0, LossHistory()
-    if (resume_path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
-        step, history = checkpoints.load(resume_path, ema_tensors(ema))
-        if ema:
-            ema.optimization_step = step
-        logger.info(f"Resumed from {resume_path} at step {step}.")
-    accelerator.init_trackers("train_videoar", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    checkpoints, step, history = start_or_resume(args, accelerator, ema_tensors(ema), ema)
+    accelerator.init_trackers("train_videoar", config=trackable(args))
 
     def pipeline() -> VideoARPipeline:
         pipe = VideoARPipeline(
@@ -207,14 +189,8 @@ def main(args: argparse.Namespace) -> Path:
     for index in range(first_stage, len(stages)):
         stage = stages[index]
         start = first_local if index == first_stage else 0
-        logger.info(f"Stage {stage.name}: steps {start}..{stage.steps}, {stage.resolution}px x {stage.num_frames} frames")
-        stage_batches = StageBatches(
-            accelerator, stage, {False: args.dataset, True: args.image_dataset or args.dataset},
-            lambda source, frames: build_dataset(args, source, stage.resolution, frames, seed=args.seed + index),
-            args.gradient_accumulation_steps, start, seed=args.seed + 1000 * index,
-            num_workers=args.dataloader_num_workers,
-            prepare=(lambda dataset: precompute_latents(dataset, video_tokenizer)) if args.precompute else None,
-        )  # fmt: skip
+        prepare = (lambda dataset: precompute_latents(dataset, video_tokenizer)) if args.precompute else None
+        stage_batches = stage_batches_for(args, accelerator, stages, index, start, prepare)
 
         for local in range(start, stage.steps):
             lr, losses = lr_scheduler.get_last_lr()[0], []
@@ -222,11 +198,7 @@ def main(args: argparse.Namespace) -> Path:
                 with accelerator.accumulate(transformer):
                     loss = training_loss(args, batch, video_tokenizer, text_encoder, transformer, accelerator)
                     if not all_finite(accelerator, loss):
-                        saved = checkpoints.save(step, history, ema_tensors(ema)) if parameters_finite(transformer) else None
-                        raise NonFiniteLossError(
-                            f"The loss became {loss.item()} at step {step + 1} (stage {stage.name}); "
-                            + (f"the last finite state is in {saved}." if saved else "the weights are not finite either.")
-                        )
+                        stop_on_non_finite_loss(loss, step, checkpoints, transformer, history, ema_tensors(ema))
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)

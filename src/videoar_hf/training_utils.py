@@ -6,6 +6,7 @@ position in the curriculum) is safetensors or JSON: nothing of ours is read back
 """
 
 import json
+import logging
 import math
 import random
 import re
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from .atomic_directory import replace_directory
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -407,3 +409,60 @@ def ema_tensors(ema) -> dict[str, torch.Tensor]:
     """A diffusers `EMAModel`'s weights for `CheckpointManager`. Its step counter is the training step (it steps
     once per optimizer step), so a resumed run sets `ema.optimization_step = step`."""
     return {} if ema is None else {f"ema.{i}": p for i, p in enumerate(ema.shadow_params)}
+
+
+def make_accelerator(args) -> Accelerator:
+    """The scripts' `Accelerator`: a global batch split across processes, so N processes train like one with the
+    same batch; logging set up and every RNG seeded."""
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logger.info(f"{accelerator.num_processes} process(es), device {accelerator.device}")
+    set_seed(args.seed)
+    return accelerator
+
+
+def start_or_resume(args, accelerator, extra: dict[str, torch.Tensor], ema=None) -> tuple[CheckpointManager, int, LossHistory]:
+    """The checkpoint manager, and the step and loss history to start from (`--resume_from_checkpoint`)."""
+    checkpoints = CheckpointManager(accelerator, args.output_dir, args.checkpoints_total_limit)
+    step, history = 0, LossHistory()
+    if (path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
+        step, history = checkpoints.load(path, extra)
+        if ema is not None:
+            ema.optimization_step = step
+        logger.info(f"Resumed from {path} at step {step}.")
+    return checkpoints, step, history
+
+
+def stage_batches_for(args, accelerator, stages: list[Stage], index: int, start: int, prepare=None) -> StageBatches:
+    """The batches of stage `index` from its step `start`, from `--dataset` (and `--image_dataset` for stills)."""
+    stage = stages[index]
+    logger.info(f"Stage {stage.name}: steps {start}..{stage.steps}, {stage.resolution}px x {stage.num_frames} frames")
+    return StageBatches(
+        accelerator, stage, {False: args.dataset, True: args.image_dataset or args.dataset},
+        lambda source, frames: build_dataset(args, source, stage.resolution, frames, seed=args.seed + index),
+        args.gradient_accumulation_steps, start, seed=args.seed + 1000 * index,
+        num_workers=args.dataloader_num_workers, prepare=prepare,
+    )  # fmt: skip
+
+
+def stop_on_non_finite_loss(loss, step: int, checkpoints: CheckpointManager, model, history, extra) -> None:
+    """Save the state if the weights are still finite, then stop with the step named."""
+    saved = checkpoints.save(step, history, extra) if parameters_finite(model) else None
+    raise NonFiniteLossError(
+        f"The loss became {loss.item()} at step {step + 1}; "
+        + (f"the last finite state is saved in {saved}." if saved else "the weights are not finite either.")
+    )
+
+
+def trackable(args) -> dict:
+    """The flags a tracker can record."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
