@@ -113,7 +113,7 @@ def save_reconstructions(tokenizer, batch: dict, folder: Path) -> None:
     """Side by side: input | reconstruction, one mp4 per clip."""
     folder.mkdir(parents=True, exist_ok=True)
     video = batch["video"][:4].to(tokenizer.device, tokenizer.dtype)
-    reconstruction = tokenizer(video).sample.clamp(-1, 1)
+    reconstruction = tokenizer(video, return_dict=False)[0].clamp(-1, 1)
     pairs = torch.cat([video, reconstruction], dim=-1).float().add(1).div(2)  # (B, 3, T, H, 2W) in [0, 1]
     for i, clip in enumerate(pairs):
         export_to_video(list(clip.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)), str(folder / f"{i:02d}.mp4"), fps=8)
@@ -167,8 +167,9 @@ def main(args: argparse.Namespace) -> Path:
             for batch in stage_batches.micro_batches(local):
                 with accelerator.accumulate(*models):
                     video = batch["video"].to(accelerator.device)
-                    out = tokenizer(video)
-                    loss, parts = loss_fn(video, out.sample, out.latents, out.commitment_loss, step, discriminator)
+                    # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
+                    reconstruction, latents, _, _, commitment_loss = tokenizer(video, return_dict=False)
+                    loss, parts = loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
                     if not all_finite(accelerator, loss):
                         stop_on_non_finite_loss(loss, step, checkpoints, tokenizer, history, extra_state())
                     accelerator.backward(loss)
@@ -178,12 +179,12 @@ def main(args: argparse.Namespace) -> Path:
                     lr_scheduler.step()
                     optimizer.zero_grad()
                     if loss_fn.gan_active(step):
-                        discriminator_loss, discriminator_parts = loss_fn.discriminator_loss(discriminator, video, out.sample)
+                        discriminator_loss, discriminator_parts = loss_fn.discriminator_loss(discriminator, video, reconstruction)
                         accelerator.backward(discriminator_loss)
                         discriminator_optimizer.step()
                         discriminator_optimizer.zero_grad()
                         parts |= {f"discriminator_{k}": v for k, v in discriminator_parts.items()}
-                    logs.append({"loss": loss.detach(), "psnr": psnr(video, out.sample.detach()), **parts})
+                    logs.append({"loss": loss.detach(), "psnr": psnr(video, reconstruction.detach()), **parts})
             step += 1
             if ema:
                 ema.step(tokenizer.parameters())

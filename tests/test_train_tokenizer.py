@@ -54,7 +54,7 @@ def test_training_runs_and_reconstruction_improves(tmp_path):
 
 def test_gan_switches_on_after_warm_up_and_resume_is_exact(tmp_path):
     gan = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--gan_weight", "0.1", "--gan_start_step", "3",
-           "--use_ema", "--ema_decay", "0.9"]  # fmt: skip
+           "--use_ema", "--ema_decay", "0.9", "--mixed_precision", "bf16"]  # fmt: skip
     load_script().main(args_for(tmp_path / "full", *gan))
     records = history(tmp_path / "full")
     assert all("discriminator_hinge_loss" not in r for r in records[:3])
