@@ -49,3 +49,33 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, caps
     errors = [line for line in err.splitlines() if line.startswith("videoar: error:")]
     assert len(errors) == 1 and message in errors[0]
     assert "Traceback" not in err
+
+
+def test_generate_continues_an_image_or_a_video_and_writes_a_gif(model_dir, tmp_path):
+    import numpy as np
+    import PIL.Image
+
+    image = tmp_path / "first.png"
+    PIL.Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(image)
+    out = tmp_path / "from_image.mp4"
+    assert main(["generate", "a circle", "-o", str(out), "--model", str(model_dir), "--num-frames", "9",
+                 "--image", str(image), "--gif"]) == 0  # fmt: skip
+    assert iio.imread(out).shape[0] == 9
+    assert len(iio.imread(out.with_suffix(".gif"))) == 9
+
+    # a 7-frame video: its first 5 (= 1 + 4k) frames are the context
+    video = tmp_path / "context.mp4"
+    iio.imwrite(video, np.random.default_rng(0).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8), fps=8)
+    out = tmp_path / "continued.mp4"
+    assert main(["generate", "a circle", "-o", str(out), "--model", str(model_dir), "--num-frames", "9",
+                 "--video", str(video)]) == 0  # fmt: skip
+    assert iio.imread(out).shape[0] == 9
+
+
+@pytest.mark.parametrize("flag", ["--image", "--video"])
+def test_unreadable_conditioning_is_one_line(model_dir, tmp_path, capsys, flag):
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"not media")
+    assert main(["generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(model_dir), flag, str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"videoar: error: {flag}" in err and "cannot be read" in err and "Traceback" not in err

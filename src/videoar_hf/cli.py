@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0, help="Per-bit top-p in (0, 1].")
     gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature, > 0.")
     gen.add_argument("--fps", type=int, default=8, help="Frames per second of the output file (default: 8).")
+    given = gen.add_mutually_exclusive_group()
+    given.add_argument("--image", default=None, help="Continue from this image (image-to-video).")
+    given.add_argument("--video", default=None, help="Continue this video; its first 1 + 4k frames are used.")
+    gen.add_argument("--gif", action="store_true", help="Also write a GIF beside the output.")
     return parser
 
 
@@ -76,13 +80,14 @@ def _load_pipeline(model: str | None):
 
 def _write_video(frames, output: Path, fps: int) -> None:
     """Write to a temporary file beside `output`, then rename: a failed run never leaves half a file."""
+    import PIL.Image
     from diffusers.utils import export_to_gif, export_to_video
 
     fd, tmp = tempfile.mkstemp(suffix=output.suffix, dir=output.parent, prefix=f".{output.name}.")
     os.close(fd)
     try:
-        if output.suffix == ".gif":
-            export_to_gif(frames, tmp, fps=fps)
+        if output.suffix.lower() == ".gif":
+            export_to_gif([PIL.Image.fromarray((frame * 255).round().astype("uint8")) for frame in frames], tmp, fps=fps)
         else:
             export_to_video(list(frames), tmp, fps=fps)
         umask = os.umask(0)
@@ -92,6 +97,27 @@ def _write_video(frames, output: Path, fps: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _read_conditioning(args, temporal_compression: int):
+    """The `--image` / `--video` frames for the pipeline, or None; unreadable files are a usage error."""
+    if args.image is None and args.video is None:
+        return {}
+    path = args.image or args.video
+    flag = "--image" if args.image else "--video"
+    try:
+        if args.image:
+            import PIL.Image
+
+            with PIL.Image.open(path) as image:
+                return {"image": image.convert("RGB")}
+        import imageio.v3 as iio
+
+        frames = iio.imread(path, index=None, plugin="FFMPEG")
+    except Exception as error:  # PIL and ffmpeg raise many types for a missing, empty or broken file
+        raise UsageError(f"{flag} {path!r} cannot be read: {error}") from error
+    usable = 1 + (len(frames) - 1) // temporal_compression * temporal_compression
+    return {"video": [frame for frame in frames[:usable]]}
 
 
 def generate(args: argparse.Namespace) -> Path:
@@ -106,10 +132,11 @@ def generate(args: argparse.Namespace) -> Path:
     import torch
 
     pipe = _load_pipeline(args.model)
-    output_type = "pil" if output.suffix.lower() == ".gif" else "np"
+    conditioning = _read_conditioning(args, pipe.video_tokenizer.config.temporal_compression_ratio)
     try:
         frames = pipe(
             args.prompt,
+            **conditioning,
             num_frames=args.num_frames,
             height=args.height,
             width=args.width,
@@ -118,11 +145,12 @@ def generate(args: argparse.Namespace) -> Path:
             top_p=args.top_p,
             temperature=args.temperature,
             generator=torch.Generator().manual_seed(args.seed),
-            output_type=output_type,
         ).frames[0]
     except ValueError as error:
         raise UsageError(str(error)) from error
     _write_video(frames, output, args.fps)
+    if args.gif and output.suffix.lower() != ".gif":
+        _write_video(frames, output.with_suffix(".gif"), args.fps)
     return output
 
 

@@ -1,0 +1,304 @@
+"""Shapes evaluation: frame analysis against the dataset's ground truth, scoring, suites, PSNR and the report."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from videoar_hf.evaluation import (
+    HELD_OUT_SEED_START,
+    MAX_PSNR,
+    TARGETS,
+    analyse_clip,
+    classify_shape,
+    continuation_suite,
+    evaluate_pipeline,
+    held_out_suite,
+    label_components,
+    motion_direction,
+    prompt_for,
+    reference_clip,
+    run_evaluation,
+    score_clip,
+    tokenizer_psnr,
+    train_suite,
+)
+from videoar_hf.shapes import (
+    COLOURS,
+    HELD_OUT_TRIPLES,
+    SHAPES,
+    ShapesDataset,
+    Triple,
+    all_triples,
+    render_clip,
+    shape_mask,
+    training_triples,
+)
+from videoar_hf.testing_utils import tiny_pipeline
+
+ORANGE_PALETTE = {**COLOURS, "orange": (255, 128, 0)}
+
+
+def red_circle_moving_left(**overrides):
+    options = dict(size=12, speed=1.5, start=(44.0, 30.0), num_frames=17, resolution=64)
+    return render_clip("red", "circle", "left", **{**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def pipe64():
+    return tiny_pipeline(sample_size=64, scale_schedule=(1, 2, 4, 8))
+
+
+# ---------------------------------------------------------------- real clips read back exactly
+
+
+@pytest.mark.parametrize("resolution, num_frames", [(64, 17), (32, 9)])
+def test_real_clips_are_read_back_exactly(resolution, num_frames):
+    dataset = ShapesDataset(60, seed=11, triples=all_triples(), num_frames=num_frames, resolution=resolution)
+    for index in range(len(dataset)):
+        clip = dataset.clip(index)
+        analysis = analyse_clip(clip.video)
+        assert score_clip(analysis, clip.triple) == {"colour": True, "shape": True, "motion": True}, clip.triple
+        assert analysis.one_object_share == 1.0
+        assert analysis.area_spread == pytest.approx(0.0, abs=1e-9)
+        assert analysis.colour_consistency == 1.0
+        assert np.array_equal(np.stack([frame.mask for frame in analysis.frames]), clip.masks)
+
+
+def test_float_frames_read_like_uint8():
+    clip = red_circle_moving_left()
+    assert analyse_clip(clip.video / 255.0).summary() == analyse_clip(clip.video).summary()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_are_classified_down_to_their_smallest_distinct_size(shape):
+    smallest = {"square": 1, "triangle": 3, "circle": 4}[shape]
+    for size in range(smallest, 19):
+        assert classify_shape(shape_mask(shape, size)) == shape, size
+    # below that, Shapes draws a circle or triangle as a full block
+    if smallest > 1:
+        assert classify_shape(shape_mask(shape, smallest - 1)) == "square"
+
+
+def test_orange_is_recognised_in_an_extended_palette():
+    clip = render_clip("orange", "square", "up", size=10, speed=1.0, start=(30.0, 40.0), colours=ORANGE_PALETTE)
+    assert analyse_clip(clip.video, palette=ORANGE_PALETTE).colour == "orange"
+    assert analyse_clip(clip.video).colour != "orange"  # the default palette has no orange to match
+
+
+# ---------------------------------------------------------------- wrong clips score low
+
+
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        (Triple("blue", "circle", "left"), {"colour": False, "shape": True, "motion": True}),
+        (Triple("red", "triangle", "left"), {"colour": True, "shape": False, "motion": True}),
+        (Triple("red", "circle", "down"), {"colour": True, "shape": True, "motion": False}),
+    ],
+)
+def test_a_clip_fails_exactly_the_attribute_its_label_gets_wrong(label, expected):
+    assert score_clip(analyse_clip(red_circle_moving_left().video), label) == expected
+
+
+def test_an_all_black_clip_has_no_object():
+    analysis = analyse_clip(np.zeros((17, 64, 64, 3), np.uint8))
+    assert (analysis.colour, analysis.shape, analysis.motion) == (None, None, "none")
+    assert analysis.one_object_share == 0.0
+    assert analysis.area_spread is None and analysis.colour_consistency is None
+    assert score_clip(analysis, Triple("red", "circle", "left")) == {"colour": False, "shape": False, "motion": False}
+
+
+def test_two_objects_are_flagged():
+    other = render_clip("green", "square", "right", size=10, speed=1.0, start=(10.0, 8.0))
+    analysis = analyse_clip(np.maximum(red_circle_moving_left().video, other.video))
+    assert [frame.num_objects for frame in analysis.frames] == [2] * 17
+    assert analysis.one_object_share == 0.0
+
+
+def test_specks_below_the_minimum_area_are_not_objects():
+    video = red_circle_moving_left().video.copy()
+    video[:, 60:62, 1:3] = 255  # a 2x2 white speck in every frame
+    assert analyse_clip(video).one_object_share == 1.0
+
+
+def test_a_static_object_does_not_move():
+    first_frame = red_circle_moving_left().video[:1]
+    assert analyse_clip(np.repeat(first_frame, 17, axis=0)).motion == "none"
+
+
+def test_an_object_that_vanishes_has_spread_area():
+    video = red_circle_moving_left().video.copy()
+    video[::2] = 0
+    analysis = analyse_clip(video)
+    assert analysis.one_object_share == pytest.approx(8 / 17)
+    assert analysis.area_spread == pytest.approx(0.0, abs=1e-9)  # over the frames that show it
+    shrunk = red_circle_moving_left().video.copy()
+    shrunk[8:] = render_clip("red", "circle", "left", size=6, speed=1.5, start=(44.0, 30.0)).video[8:]
+    assert analyse_clip(shrunk).area_spread > 0.3
+
+
+@pytest.mark.parametrize(
+    "step, expected", [((1.0, 0.0), "right"), ((-1.0, 0.0), "left"), ((0.0, 1.0), "down"), ((0.0, -1.0), "up")]
+)
+def test_motion_direction_follows_image_axes(step, expected):
+    times = np.arange(17)
+    centroids = np.array([32.0, 32.0]) + times[:, None] * np.array(step)
+    assert motion_direction(times, centroids, (64, 64)) == expected
+    assert motion_direction(times, centroids * 0.1 + 30, (64, 64)) == "none"  # 1.6 px of travel
+
+
+def test_components_are_8_connected_and_separate_per_frame():
+    mask = np.zeros((2, 6, 6), bool)
+    mask[0, 0, 0] = mask[0, 1, 1] = True  # diagonal neighbours: one component
+    mask[0, 4:, 4:] = True
+    mask[1, 0, 0] = True  # same place in the next frame: its own component
+    labels = label_components(mask)
+    assert len(np.unique(labels[0][labels[0] >= 0])) == 2
+    assert labels[0, 0, 0] == labels[0, 1, 1] != labels[1, 0, 0]
+    assert (labels[~mask] == -1).all()
+
+
+# ---------------------------------------------------------------- suites
+
+
+def test_suites_have_the_standard_sizes_and_unseen_seeds():
+    train, held_out, continuation = train_suite(), held_out_suite(), continuation_suite()
+    assert len(train.triples) == len(held_out.triples) == len(continuation.triples) == 100
+    assert set(train.triples) == set(continuation.triples) == set(training_triples())
+    assert set(held_out.triples) == set(HELD_OUT_TRIPLES) and held_out.seeds[0] == HELD_OUT_SEED_START
+    seeds = train.seeds + held_out.seeds + continuation.seeds
+    assert len(set(seeds)) == 300 and min(seeds) >= 10_000
+    assert continuation.continuation and not train.continuation
+
+
+# ---------------------------------------------------------------- generating with a pipeline
+
+
+class RecordingPipeline:
+    """Forwards to a pipeline and keeps each call's prompts and options."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def __call__(self, prompts, **options):
+        self.calls.append((prompts, options))
+        return self.pipe(prompts, **options)
+
+
+def test_evaluate_pipeline_batches_seeded_cases(pipe64):
+    suite = train_suite(3)
+    recording = RecordingPipeline(pipe64)
+    result = evaluate_pipeline(
+        recording, triples=suite.triples, seeds=suite.seeds, num_frames=5, batch_size=2, progress=False, keep_videos=1
+    )
+    assert [len(prompts) for prompts, _ in recording.calls] == [2, 1]
+    expected_prompts = [prompt_for(*case) for case in suite.cases]
+    assert [record["prompt"] for record in result["samples"]] == expected_prompts
+    assert "guidance_scale" not in recording.calls[0][1]  # None keeps the pipeline's default
+    metric_names = {"num_samples", "colour", "shape", "motion", "one_object", "area_spread", "colour_consistency"}
+    assert set(result["metrics"]) == metric_names
+    assert result["metrics"]["num_samples"] == 3
+    assert result["videos"][0]["frames"].shape == (5, 64, 64, 3) and result["videos"][0]["frames"].dtype == np.uint8
+    again = evaluate_pipeline(
+        pipe64, triples=suite.triples, seeds=suite.seeds, num_frames=5, batch_size=2, progress=False
+    )
+    assert again["samples"] == result["samples"]  # fixed seeds: the same videos
+
+
+def test_continuation_starts_from_the_reference_first_frame(pipe64):
+    triple, seed = Triple("green", "square", "right"), 30_000
+    recording = RecordingPipeline(pipe64)
+    result = evaluate_pipeline(
+        recording, triples=[triple], seeds=[seed], num_frames=5, continuation=True, guidance_scale=2.0, progress=False
+    )
+    reference = reference_clip(triple, seed, num_frames=5)
+    prompts, options = recording.calls[0]
+    assert prompts == [reference.caption] and options["guidance_scale"] == 2.0
+    np.testing.assert_allclose(options["image"][0], reference.video[0] / 255, atol=1e-6)
+    assert result["samples"][0]["target"] == triple._asdict()
+
+
+def test_run_evaluation_writes_the_report(pipe64, tmp_path):
+    report = run_evaluation(
+        pipe64, tmp_path, num_prompts=2, seeds_per_held_out=1, num_frames=5, resolution=64, progress=False
+    )
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written == report
+    assert list(written["suites"]) == ["train", "held_out", "continuation", "tokenizer"]
+    assert [len(written["suites"][name]["samples"]) for name in ("train", "held_out", "continuation")] == [2, 5, 2]
+    assert math.isfinite(written["suites"]["tokenizer"]["metrics"]["psnr"])
+    table = (tmp_path / "metrics.md").read_text()
+    assert "| suite | cases | colour % | shape % | motion % | one object % | tokenizer PSNR dB | result |" in table
+    for name in written["suites"]:
+        assert f"| {name} |" in table
+    assert "FAIL" in table  # random weights
+    grid = PIL.Image.open(tmp_path / "samples.png")
+    assert grid.width > 5 * 128 and grid.height > 6 * 128  # 5 frames a row, 2 videos from each of 3 suites
+
+
+class PerfectPipeline:
+    """Returns the real Shapes clip of each prompt's triple, and reconstructs videos exactly."""
+
+    def __init__(self, cases):
+        self.clips = {prompt_for(*case): reference_clip(*case) for case in cases}
+        self.clips.update({reference_clip(*case).caption: reference_clip(*case) for case in cases})
+        self.video_tokenizer = IdentityTokenizer()
+
+    def __call__(self, prompts, **options):
+        return SimpleNamespace(frames=np.stack([self.clips[prompt].video / 255 for prompt in prompts]))
+
+
+def test_a_perfect_pipeline_passes_every_target(tmp_path):
+    suites = [train_suite(4), held_out_suite(1), continuation_suite(4)]
+    cases = [case for suite in suites for case in suite.cases]
+    report = run_evaluation(PerfectPipeline(cases), tmp_path, num_prompts=4, seeds_per_held_out=1, progress=False)
+    assert all(result["passed"] for result in report["suites"].values())
+    assert report["suites"]["train"]["metrics"]["colour"] == 1.0
+    assert report["suites"]["tokenizer"]["metrics"]["psnr"] == MAX_PSNR
+    assert (tmp_path / "metrics.md").read_text().count("PASS") == 4
+    assert "100.0 (≥ 95)" in (tmp_path / "metrics.md").read_text()
+
+
+def test_unknown_suites_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="Unknown suites"):
+        run_evaluation(PerfectPipeline([]), tmp_path, suites=("train", "speed"))
+
+
+# ---------------------------------------------------------------- tokenizer PSNR
+
+
+class IdentityTokenizer:
+    """encode -> quantize -> decode that returns the video plus `offset` (in [-1, 1] units)."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self, offset: float = 0.0):
+        self.offset = offset
+
+    def encode(self, video):
+        return SimpleNamespace(latents=video)
+
+    def quantize(self, latents):
+        return SimpleNamespace(features=latents)
+
+    def decode(self, features):
+        return SimpleNamespace(sample=features + self.offset)
+
+
+def test_tokenizer_psnr_matches_a_hand_computation():
+    clips = [red_circle_moving_left(num_frames=5).video, np.full((5, 64, 64, 3), 128, np.uint8)]
+    # decoded 0.1 higher in [-1, 1]: 0.05 brighter in [0, 1], except where clamped at white
+    errors = [np.where(clip == 255, 0.0, 0.05) for clip in clips]
+    expected = np.mean([10 * math.log10(1 / np.mean(error**2)) for error in errors])
+    assert tokenizer_psnr(IdentityTokenizer(offset=0.1), clips) == pytest.approx(expected, rel=1e-4)
+    assert tokenizer_psnr(IdentityTokenizer(), clips) == MAX_PSNR
+
+
+def test_tokenizer_psnr_of_a_random_tokenizer_is_finite_and_low(pipe64):
+    psnr = tokenizer_psnr(pipe64.video_tokenizer, [red_circle_moving_left(num_frames=5).video])
+    assert math.isfinite(psnr) and psnr < TARGETS["tokenizer"]["psnr"]
