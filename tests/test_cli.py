@@ -79,3 +79,22 @@ def test_unreadable_conditioning_is_one_line(model_dir, tmp_path, capsys, flag):
     assert main(["generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(model_dir), flag, str(broken)]) == 2
     err = capsys.readouterr().err
     assert f"videoar: error: {flag}" in err and "cannot be read" in err and "Traceback" not in err
+
+
+def test_eval_writes_its_reports(tmp_path, capsys):
+    from videoar_hf.testing_utils import tiny_pipeline
+
+    model = tmp_path / "tiny64"
+    tiny_pipeline(sample_size=64, scale_schedule=(1, 2, 4, 8)).save_pretrained(model)
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(model), "-o", str(out), "--num-prompts", "2", "--seeds-per-held-out", "1",
+                 "--num-frames", "5", "--suites", "train", "tokenizer"]) == 0  # fmt: skip
+    assert "| train" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "metrics.md", "samples.png"}
+
+
+def test_eval_bad_input(model_dir, capsys):
+    assert main(["eval", "--model", str(model_dir), "--num-prompts", "0"]) == 2
+    assert "--num-prompts must be >= 1" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--suites", "nonsense", "--num-prompts", "1"]) == 2
+    assert "nonsense" in capsys.readouterr().err

@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--image", default=None, help="Continue from this image (image-to-video).")
     given.add_argument("--video", default=None, help="Continue this video; its first 1 + 4k frames are used.")
     gen.add_argument("--gif", action="store_true", help="Also write a GIF beside the output.")
+
+    ev = commands.add_parser("eval", help="Measure a model on Shapes prompts against the Shapes ground truth.")
+    ev.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
+    ev.add_argument("-o", "--output-dir", default="eval", help="Where metrics.json, metrics.md and samples.png go.")
+    ev.add_argument("--suites", nargs="+", default=["train", "held_out", "continuation", "tokenizer"],
+                    help="Any of: train, held_out, continuation, tokenizer.")  # fmt: skip
+    ev.add_argument("--num-prompts", type=int, default=100, help="Prompts of the train and continuation suites.")
+    ev.add_argument("--seeds-per-held-out", type=int, default=20, help="Seeds per held-out triple.")
+    ev.add_argument("--num-frames", type=int, default=17, help="Frames per generated video.")
+    ev.add_argument("--resolution", type=int, default=64, help="Pixel side of generated videos.")
+    ev.add_argument("--guidance-scale", default=None, help="A number or a schedule name (default: the pipeline's).")
+    ev.add_argument("--batch-size", type=int, default=8, help="Videos generated per pipeline call.")
     return parser
 
 
@@ -154,11 +166,32 @@ def generate(args: argparse.Namespace) -> Path:
     return output
 
 
+def evaluate(args: argparse.Namespace) -> str:
+    from .evaluation import metrics_markdown, run_evaluation
+
+    for flag in ("num_prompts", "seeds_per_held_out", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
+    pipe = _load_pipeline(args.model)
+    guidance = None if args.guidance_scale is None else _guidance(args.guidance_scale)
+    try:
+        report = run_evaluation(
+            pipe, args.output_dir, suites=args.suites, num_prompts=args.num_prompts,
+            seeds_per_held_out=args.seeds_per_held_out, num_frames=args.num_frames, resolution=args.resolution,
+            guidance_scale=guidance, batch_size=args.batch_size,
+        )  # fmt: skip
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    return metrics_markdown(report)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             print(generate(args))
+        elif args.command == "eval":
+            print(evaluate(args))
     except UsageError as error:
         print(f"videoar: error: {error}", file=sys.stderr)
         return 2
