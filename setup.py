@@ -34,6 +34,8 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    # the shipped VideoAR-Shapes pipeline (see `videoar_hf.shipped_model_path`)
+    package_data={"videoar_hf": ["shipped/**/*"]},
     python_requires=">=3.10",
     install_requires=install_requires,
     extras_require=extras,

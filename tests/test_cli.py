@@ -98,3 +98,13 @@ def test_eval_bad_input(model_dir, capsys):
     assert "--num-prompts must be >= 1" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--suites", "nonsense", "--num-prompts", "1"]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_shipped_model_path_names_the_folder_when_missing(monkeypatch, tmp_path):
+    import videoar_hf.shipped_model as shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_MODEL_DIR", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="absent"):
+        shipped.shipped_model_path()
+    tiny_pipeline().save_pretrained(tmp_path / "absent")
+    assert shipped.shipped_model_path() == tmp_path / "absent"

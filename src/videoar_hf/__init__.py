@@ -6,6 +6,7 @@ from .configuration_videoar import VIDEOAR_PRESETS, VideoARConfig
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
 from .pipeline_videoar import VideoARPipeline, VideoARPipelineOutput
+from .shipped_model import shipped_model_path
 
 AutoConfig.register(VideoARConfig.model_type, VideoARConfig, exist_ok=True)
 AutoModel.register(VideoARConfig, VideoARTransformer, exist_ok=True)
@@ -19,4 +20,5 @@ __all__ = [
     "VideoARPipelineOutput",
     "VideoARTokenizer",
     "VideoARTransformer",
+    "shipped_model_path",
 ]
