@@ -27,8 +27,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from videoar_hf.causal_cnn import CausalConv3d
-from videoar_hf.modeling_tokenizer import VideoARTokenizer
+from .causal_cnn import CausalConv3d
+from .modeling_tokenizer import VideoARTokenizer
 
 
 def inflate_state_dict(

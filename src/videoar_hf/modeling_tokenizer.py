@@ -9,9 +9,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from videoar_hf.causal_cnn import Decoder3D, Encoder3D, causal_streaming
-from videoar_hf.quantizer import MultiScaleBitwiseQuantizer
-from videoar_hf.scale_schedule import get_scale_sizes, validate_scale_schedule
+from .causal_cnn import Decoder3D, Encoder3D, causal_streaming
+from .quantizer import MultiScaleBitwiseQuantizer
+from .scale_schedule import get_scale_sizes, validate_scale_schedule
 
 
 @dataclass
