@@ -239,3 +239,13 @@ def test_inflated_conv_equals_2d_conv_on_one_frame():
     # LDM's downsampler: pad right and bottom by one, then a stride-2 convolution without padding
     expected = F.conv2d(F.pad(image_BCHW, (0, 1, 0, 1)), weight_2d, downsample.conv.conv.bias, stride=2)
     torch.testing.assert_close(downsample(image_BCHW.unsqueeze(2)).squeeze(2), expected)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2)])
+def test_single_frame_shortcut_equals_the_causal_3d_conv(stride):
+    conv = CausalConv3d(4, 6, kernel_size=3, stride=stride, spatial_padding=(0, 1, 0, 1) if stride[1] == 2 else None)
+    x = torch.randn(2, 4, 1, 8, 8)
+    pad = (0, 1, 0, 1) if stride[1] == 2 else (1, 1, 1, 1)
+    replicated = F.pad(x, pad).expand(-1, -1, 3, -1, -1)  # the first frame twice in front, as the causal padding does
+    expected = F.conv3d(replicated, conv.conv.weight, conv.conv.bias, stride=stride)
+    torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
