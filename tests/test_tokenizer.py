@@ -4,25 +4,14 @@ import torch.nn.functional as F
 
 from videoar_hf.causal_cnn import CausalConv3d, Downsample3D, causal_streaming
 from videoar_hf.modeling_tokenizer import VideoARTokenizer
-
+from videoar_hf.testing_utils import tiny_tokenizer_config
 
 TAUS = (1, 2, 4)
 SIZE = 32  # 4x4 latents at spatial compression 8: three scales (1, 2, 4)
 
 
 def tiny_config(**overrides) -> dict:
-    config = dict(
-        latent_channels=6,
-        base_channels=8,
-        channel_multipliers=(1, 2, 2, 2),
-        num_res_blocks=1,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-        scale_schedule=(1, 2, 4),
-        norm_num_groups=4,
-        sample_size=SIZE,
-    )
-    return {**config, **overrides}
+    return tiny_tokenizer_config(**{"latent_channels": 6, **overrides})
 
 
 def tiny_tokenizer(tau: int = 4) -> VideoARTokenizer:

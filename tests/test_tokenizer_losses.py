@@ -9,6 +9,7 @@ from transformers import ConvNextConfig, ConvNextModel, ResNetConfig, ResNetMode
 
 from videoar_hf.discriminator import Discriminator3D
 from videoar_hf.modeling_tokenizer import VideoARTokenizer
+from videoar_hf.testing_utils import tiny_tokenizer_config
 from videoar_hf.tokenizer_losses import (
     LeCAMRegularizer,
     PerceptualLoss,
@@ -24,17 +25,7 @@ BITS = 6
 
 def tiny_tokenizer() -> VideoARTokenizer:
     torch.manual_seed(0)
-    return VideoARTokenizer(
-        latent_channels=BITS,
-        base_channels=8,
-        channel_multipliers=(1, 2, 2, 2),
-        num_res_blocks=1,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=4,
-        scale_schedule=(1, 2, 4),
-        norm_num_groups=4,
-        sample_size=32,
-    )
+    return VideoARTokenizer(**tiny_tokenizer_config(latent_channels=BITS))
 
 
 def tiny_discriminator() -> Discriminator3D:

@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 
 from videoar_hf import VideoARTokenizer
 from videoar_hf.causal_cnn import CausalConv3d
+from videoar_hf.testing_utils import tiny_tokenizer_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"latent_channels": 8, "base_channels": 8, "channel_multipliers": [1, 2, 2, 2], "num_res_blocks": 1,
-        "spatial_compression_ratio": 8, "scale_schedule": [1, 2, 4], "norm_num_groups": 4, "sample_size": 32}  # fmt: skip
+TINY = tiny_tokenizer_config()
 
 
 def load_script():

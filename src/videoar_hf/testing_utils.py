@@ -16,6 +16,22 @@ _CHARS = string.ascii_lowercase + string.digits
 TINY_VOCAB = _SPECIALS + list(_CHARS + string.punctuation) + [f"##{c}" for c in _CHARS]
 
 
+def tiny_tokenizer_config(**overrides) -> dict:
+    """`VideoARTokenizer` fields for 32x32 video: spatial compression 8, a 4x4 latent grid, scales 1, 2, 4."""
+    config = dict(
+        latent_channels=8,
+        base_channels=8,
+        channel_multipliers=(1, 2, 2, 2),
+        num_res_blocks=1,
+        spatial_compression_ratio=8,
+        temporal_compression_ratio=4,
+        scale_schedule=(1, 2, 4),
+        norm_num_groups=4,
+        sample_size=32,
+    )
+    return {**config, **overrides}
+
+
 def tiny_text_encoder(hidden_size: int = 32, max_length: int = 64, seed: int = 0):
     """A 2-layer random BERT and its character-level tokenizer."""
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(TINY_VOCAB)}, model_max_length=max_length)
@@ -41,15 +57,12 @@ def tiny_pipeline(
     """A randomly initialised pipeline for 32x32 video: spatial compression 8, latent grid 4x4, 3 scales."""
     torch.manual_seed(seed)
     video_tokenizer = VideoARTokenizer(
-        latent_channels=latent_bits,
-        base_channels=8,
-        channel_multipliers=(1, 2, 2, 2),
-        num_res_blocks=1,
-        spatial_compression_ratio=8,
-        temporal_compression_ratio=temporal_compression_ratio,
-        scale_schedule=scale_schedule,
-        norm_num_groups=4,
-        sample_size=sample_size,
+        **tiny_tokenizer_config(
+            latent_channels=latent_bits,
+            temporal_compression_ratio=temporal_compression_ratio,
+            scale_schedule=scale_schedule,
+            sample_size=sample_size,
+        )
     )
     transformer = VideoARTransformer(
         VideoARConfig.from_preset("tiny", latent_bits=latent_bits, scale_schedule=list(scale_schedule))
