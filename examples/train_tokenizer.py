@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
     losses.add_argument("--l1_weight", type=float, default=1.0, help="L1 reconstruction weight.")
     losses.add_argument("--l2_weight", type=float, default=1.0, help="L2 reconstruction weight.")
+    losses.add_argument("--foreground_weight", type=float, default=0.0, help="Extra L1/L2 weight on pixels unlike their frame's median colour, for sparse data (one object on a plain background); 0 turns it off.")
     losses.add_argument("--commitment_weight", type=float, default=0.25, help="Commitment weight (VQ-VAE / BSQ beta).")
     losses.add_argument("--entropy_weight", type=float, default=0.01, help="BSQ entropy penalty weight.")
     losses.add_argument("--perceptual_model", default=None, help="Folder of a transformers vision backbone (safetensors) for the LPIPS-style loss.")
@@ -78,8 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             json.loads(args.tokenizer_config)
         except json.JSONDecodeError as error:
             parser.error(f"--tokenizer_config is not valid JSON: {error}")
-    if args.gan_weight < 0 or args.gan_start_step < 0:
-        parser.error("--gan_weight and --gan_start_step must be >= 0.")
+    for flag in ("gan_weight", "gan_start_step", "foreground_weight"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
     for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model"):
         if getattr(args, flag) and not Path(getattr(args, flag)).exists():
             parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
@@ -129,7 +131,7 @@ def main(args: argparse.Namespace) -> Path:
     tokenizer.train()
     perceptual = PerceptualLoss.from_pretrained(args.perceptual_model) if args.perceptual_model else None
     loss_fn = TokenizerLoss(
-        l1_weight=args.l1_weight, l2_weight=args.l2_weight, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
+        l1_weight=args.l1_weight, l2_weight=args.l2_weight, foreground_weight=args.foreground_weight, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
         commitment_weight=args.commitment_weight, entropy_weight=args.entropy_weight, gan_weight=args.gan_weight,
         lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
     ).to(accelerator.device)  # fmt: skip

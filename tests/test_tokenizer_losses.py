@@ -15,6 +15,7 @@ from videoar_hf.tokenizer_losses import (
     PerceptualLoss,
     TokenizerLoss,
     bit_entropy_penalty,
+    foreground_mask,
     hinge_discriminator_loss,
     hinge_generator_loss,
     reconstruction_losses,
@@ -48,6 +49,22 @@ def test_reconstruction_is_zero_only_for_identical_videos():
     assert all(loss == 0 for loss in reconstruction_losses(video, video.clone()))
     l1, l2 = reconstruction_losses(video, video + 0.5)
     assert l1.item() == pytest.approx(0.5) and l2.item() == pytest.approx(0.25)
+
+
+def test_foreground_weight_counts_object_pixels_more():
+    # one 2x2 red object on black, and an error of 0.5 on every pixel
+    video = torch.full((1, 3, 1, 4, 4), -1.0)
+    video[0, 0, 0, :2, :2] = 1
+    mask = foreground_mask(video)
+    assert mask.shape == (1, 1, 1, 4, 4) and mask.sum() == 4 and mask[0, 0, 0, :2, :2].all()
+    reconstruction = video + 0.5
+    l1, l2 = reconstruction_losses(video, reconstruction, foreground_weight=3.0)
+    # 12 background pixels count once, 4 object pixels 1 + 3 times
+    assert l1.item() == pytest.approx(0.5 * (12 + 4 * 4) / 16)
+    assert l2.item() == pytest.approx(0.25 * (12 + 4 * 4) / 16)
+    loss_fn = TokenizerLoss(foreground_weight=3.0, gan_weight=0.0)
+    _, parts = loss_fn(video, reconstruction, torch.zeros(1, BITS, 1, 1, 1), torch.zeros(()), step=0)
+    assert parts["l1"].item() == pytest.approx(l1.item()) and parts["l2"].item() == pytest.approx(l2.item())
 
 
 def test_entropy_penalty_prefers_confident_balanced_bits():

@@ -13,7 +13,7 @@ transformer_config='{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_
 common=(--dataset shapes --seed 0 --mixed_precision bf16 --report_to tensorboard --resume_from_checkpoint latest)
 
 [ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" \
-  --num_clips 8192 --tokenizer_config "$tokenizer_config" --entropy_weight 0.0005 \
+  --num_clips 100000 --tokenizer_config "$tokenizer_config" --entropy_weight 0 --foreground_weight 4 --weight_decay 0 \
   --stages "$here/stages_tokenizer.yaml" --checkpointing_steps 250 --logging_steps 50 --output_dir "$work/tokenizer"
 
 [ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" \

@@ -17,9 +17,26 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 _PROBABILITY_EPS = 1e-6
 
 
-def reconstruction_losses(video: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean absolute and mean squared error over every pixel of every frame."""
-    return F.l1_loss(reconstruction, video), F.mse_loss(reconstruction, video)
+def foreground_mask(video_BCTHW: torch.Tensor, tolerance: float = 1 / 255) -> torch.Tensor:
+    """`(B, 1, T, H, W)`, 1 where a pixel's colour differs from its frame's per-channel median colour (its background)."""
+    median_BCT11 = video_BCTHW.flatten(3).median(dim=3).values[..., None, None]
+    return ((video_BCTHW - median_BCT11).abs() > tolerance).any(dim=1, keepdim=True).to(video_BCTHW.dtype)
+
+
+def reconstruction_losses(
+    video: torch.Tensor, reconstruction: torch.Tensor, foreground_weight: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean absolute and mean squared error over every pixel of every frame.
+
+    With `foreground_weight > 0`, a pixel of `foreground_mask(video)` counts `1 + foreground_weight` times: for sparse
+    content (one object on a plain background), where the background otherwise dominates the mean and the object
+    is learned slowly.
+    """
+    error = reconstruction.float() - video.float()
+    if foreground_weight == 0:
+        return error.abs().mean(), error.pow(2).mean()
+    weight = 1 + foreground_weight * foreground_mask(video.float())
+    return (weight * error.abs()).mean(), (weight * error.pow(2)).mean()
 
 
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -136,6 +153,8 @@ class TokenizerLoss(nn.Module):
 
     Args:
         l1_weight, l2_weight (`float`, defaults to 1.0 each): reconstruction; our choice.
+        foreground_weight (`float`, defaults to 0.0): extra reconstruction weight on foreground pixels, see
+            `reconstruction_losses`; ours, for sparse data such as Shapes.
         perceptual (`PerceptualLoss`, *optional*): the LPIPS feature network; without one there is no perceptual term.
         perceptual_weight (`float`, defaults to 0.1): MAGVIT-v2's.
         commitment_weight (`float`, defaults to 0.25): VQ-VAE's and BSQ's beta.
@@ -163,6 +182,7 @@ class TokenizerLoss(nn.Module):
         self,
         l1_weight: float = 1.0,
         l2_weight: float = 1.0,
+        foreground_weight: float = 0.0,
         perceptual: PerceptualLoss | None = None,
         perceptual_weight: float = 0.1,
         commitment_weight: float = 0.25,
@@ -184,6 +204,7 @@ class TokenizerLoss(nn.Module):
             gan=gan_weight,
             lecam=lecam_weight,
         )
+        self.foreground_weight = foreground_weight
         self.perceptual = perceptual
         self.entropy_gamma = entropy_gamma
         self.entropy_inv_temperature = entropy_inv_temperature
@@ -208,7 +229,7 @@ class TokenizerLoss(nn.Module):
         `latents` are the encoder's continuous output (`tokenizer.encode(video).latents`), `commitment_loss` is
         `tokenizer.quantize(latents).commitment_loss`; `discriminator` is needed once `gan_active(step)`.
         """
-        l1, l2 = reconstruction_losses(video, reconstruction)
+        l1, l2 = reconstruction_losses(video, reconstruction, self.foreground_weight)
         parts = {
             "l1": l1,
             "l2": l2,
