@@ -36,6 +36,8 @@ def ldm_state_dict(tokenizer: VideoARTokenizer) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     state_dict = {}
     for key, value in tokenizer.state_dict().items():
+        if key.endswith(".earlier_frame"):  # ours alone: 2D networks repeat frames without parameters
+            continue
         key_2d = re.sub(r"\.conv\.(weight|bias)$", r".\1", key)
         shape_2d = (*value.shape[:2], *value.shape[3:]) if value.ndim == 5 else value.shape
         state_dict[key_2d] = torch.randn(shape_2d, generator=generator) * 0.3

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videoar_hf.causal_cnn import CausalConv3d, Downsample3D, causal_streaming
+from videoar_hf.causal_cnn import CausalConv3d, Downsample3D, Upsample3D, causal_streaming
 from videoar_hf.modeling_tokenizer import VideoARTokenizer
 from videoar_hf.testing_utils import tiny_tokenizer_config
 
@@ -16,7 +16,12 @@ def tiny_config(**overrides) -> dict:
 
 def tiny_tokenizer(tau: int = 4) -> VideoARTokenizer:
     torch.manual_seed(0)
-    return VideoARTokenizer(**tiny_config(temporal_compression_ratio=tau)).eval()
+    model = VideoARTokenizer(**tiny_config(temporal_compression_ratio=tau)).eval()
+    with torch.no_grad():  # as after training: the two frames of each upsampled pair differ
+        for name, parameter in model.named_parameters():
+            if name.endswith("earlier_frame"):
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model
 
 
 def random_video(num_latent_frames: int, tau: int, size: int = SIZE, batch: int = 1) -> torch.Tensor:
@@ -238,3 +243,14 @@ def test_single_frame_shortcut_equals_the_causal_3d_conv(stride):
     replicated = F.pad(x, pad).expand(-1, -1, 3, -1, -1)  # the first frame twice in front, as the causal padding does
     expected = F.conv3d(replicated, conv.conv.weight, conv.conv.bias, stride=stride)
     torch.testing.assert_close(conv(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fresh_temporal_upsampler_repeats_frames_and_learns_to_split_them():
+    upsample = Upsample3D(4, temporal=True)
+    x_BCTHW = torch.randn(1, 4, 3, 2, 2)
+    with torch.no_grad():
+        repeated = upsample.conv(F.interpolate(x_BCTHW.repeat_interleave(2, dim=2)[:, :, 1:], scale_factor=(1, 2, 2)))
+        torch.testing.assert_close(upsample(x_BCTHW), repeated)  # 1 + 2 frames -> 1 + 4, no random numbers used
+        upsample.earlier_frame.mul_(-1)
+        assert not torch.allclose(upsample(x_BCTHW), repeated)
+    assert Upsample3D(4, temporal=False).earlier_frame is None

@@ -12,12 +12,16 @@ tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipli
 transformer_config='{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}'
 common=(--dataset shapes --seed 0 --mixed_precision bf16 --report_to tensorboard --resume_from_checkpoint latest)
 
-[ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" \
-  --num_clips 100000 --tokenizer_config "$tokenizer_config" --entropy_weight 0 --foreground_weight 4 --weight_decay 0 \
-  --stages "$here/stages_tokenizer.yaml" --checkpointing_steps 250 --logging_steps 50 --output_dir "$work/tokenizer"
+tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_decay 0 --checkpointing_steps 250
+  --logging_steps 50)
+[ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --tokenizer_config "$tokenizer_config" --stages "$here/stages_tokenizer_stills.yaml" --output_dir "$work/tokenizer_stills"
+[ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --stages "$here/stages_tokenizer_video.yaml" \
+  --output_dir "$work/tokenizer"
 
 [ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" \
-  --num_clips 2048 --precompute --tokenizer "$work/tokenizer/tokenizer" --text_encoder "$text_encoder" \
+  --num_clips 3072 --precompute --tokenizer "$work/tokenizer/tokenizer" --text_encoder "$text_encoder" \
   --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
   --checkpointing_steps 250 --logging_steps 25 --output_dir "$work/transformer"
 

@@ -1,8 +1,8 @@
 """The causal 3D CNN of the video tokenizer (PAPER.md §2), laid out like the LDM / Flux VAE.
 
 Every temporal operation is causal: output frame t reads input frames up to t only. Convolutions pad time in front
-(replicating the first frame), normalization and attention work frame by frame, and temporal upsampling repeats frames.
-So a video can be coded chunk by chunk (`causal_streaming`) with the same result as in one pass.
+(replicating the first frame), normalization and attention work frame by frame, and temporal upsampling turns each
+frame into a pair. So a video can be coded chunk by chunk (`causal_streaming`) with the same result as in one pass.
 
 Parameter names follow LDM (`down.{i}.block.{j}.conv1`, `mid.attn_1.q`, `up.{i}.upsample`, ...), and a 2D kernel placed
 in the temporally last slice of a 3D kernel gives the 2D result on a single frame: a 2D image tokenizer inflates into
@@ -182,14 +182,17 @@ class Downsample3D(nn.Module):
 class Upsample3D(StreamingModule):
     """Time x2 when `temporal` (frames 1 + k -> 1 + 2k), then space x2 (nearest), then a causal 3x3x3 conv.
 
-    Time is upsampled by repeating frames, without parameters, so an inflated 2D upsampler stays exact. The video's
-    first frame stands alone (it is its own latent frame), so its leading copy is dropped; while streaming, only the
-    first chunk holds it.
+    In time, each frame `x` becomes the pair `(earlier_frame @ x, x)`: a learned channel mix makes the earlier frame
+    of the pair, so the two can differ from the first layer on. `earlier_frame` starts as the identity and takes no
+    random numbers, so a fresh or inflated upsampler repeats frames (an inflated 2D upsampler stays exact) and a
+    tokenizer trained on images alone is unchanged by it. The video's first frame stands alone (it is its own latent
+    frame), so its earlier copy is dropped; while streaming, only the first chunk holds it.
     """
 
     def __init__(self, channels: int, temporal: bool):
         super().__init__()
         self.temporal = temporal
+        self.earlier_frame = nn.Parameter(torch.eye(channels)) if temporal else None
         self.conv = CausalConv3d(channels, channels, kernel_size=3)
         self._first_chunk_pending = True
 
@@ -198,7 +201,8 @@ class Upsample3D(StreamingModule):
 
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         if self.temporal:
-            x_BCTHW = x_BCTHW.repeat_interleave(2, dim=2)
+            earlier_BCTHW = torch.einsum("oc,bcthw->bothw", self.earlier_frame.to(x_BCTHW.dtype), x_BCTHW)
+            x_BCTHW = torch.stack([earlier_BCTHW, x_BCTHW], dim=3).flatten(2, 3)  # e0, x0, e1, x1, ...
             if self._first_chunk_pending:
                 x_BCTHW = x_BCTHW[:, :, 1:]
             if self.streaming:

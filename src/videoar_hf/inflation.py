@@ -2,8 +2,8 @@
 
 Each 2D kernel goes to the temporally last slice of its 3D kernel, the one that sees the current frame; the slices that
 see earlier frames are zero. So the inflated network starts out as the 2D network run on each frame alone, except that
-temporal downsampling keeps every other frame and temporal upsampling repeats frames. A single image gives exactly the
-2D result.
+temporal downsampling keeps every other frame and temporal upsampling repeats frames (its `earlier_frame` mix is set to
+the identity). A single image gives exactly the 2D result.
 
 Where 2D checkpoints come from:
 - Infinity's BSQ tokenizers (`infinity_vae_d16/d24/d32/d64.pth`, `infinity_vae_d32reg.pth` in the
@@ -50,6 +50,8 @@ def inflate_state_dict(
         if key_2d is not None:
             inflated[key_3d] = _inflate(state_dict_2d[key_2d], targets[key_3d].shape, key_2d, key_3d)
             used.add(key_2d)
+        elif key_3d.endswith(".earlier_frame"):  # ours alone: the identity repeats frames, as a 2D network would
+            inflated[key_3d] = torch.eye(targets[key_3d].shape[0], dtype=targets[key_3d].dtype)
     return inflated, [key for key in state_dict_2d if key not in used]
 
 
