@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from videoar_hf import VideoARTokenizer
 from videoar_hf.atomic_directory import atomic_directory
 from videoar_hf.discriminator import Discriminator3D
-from videoar_hf.inflation import inflate_state_dict
+from videoar_hf.inflation import inflate_state_dict, reinflate_image_trained
 from videoar_hf.tokenizer_losses import PerceptualLoss, TokenizerLoss
 from videoar_hf.training_utils import (
     NonFiniteLossError,
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'.")
     model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
+    model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (PAPER.md §2 init).")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
@@ -85,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model"):
         if getattr(args, flag) and not Path(getattr(args, flag)).exists():
             parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
+    if args.reinflate and not args.pretrained_tokenizer:
+        parser.error("--reinflate needs --pretrained_tokenizer: it re-inflates a tokenizer trained on images.")
     if args.init_from_2d and not args.init_from_2d.endswith(".safetensors"):
         parser.error("--init_from_2d must be a .safetensors file: weights are never read from pickles.")
     return args
@@ -92,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_tokenizer(args) -> VideoARTokenizer:
     if args.pretrained_tokenizer:
-        return VideoARTokenizer.from_pretrained(args.pretrained_tokenizer)
+        tokenizer = VideoARTokenizer.from_pretrained(args.pretrained_tokenizer)
+        return reinflate_image_trained(tokenizer) if args.reinflate else tokenizer
     try:
         tokenizer = VideoARTokenizer(**json.loads(args.tokenizer_config or "{}"))
     except (TypeError, ValueError) as error:

@@ -21,7 +21,10 @@ def test_generate_writes_a_playable_video(model_dir, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"], "no temporary file is left behind"
 
 
-def test_generate_without_a_model_says_it_is_random(tmp_path, capsys):
+def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypatch):
+    import videoar_hf.shipped_model as shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_MODEL_DIR", tmp_path / "absent")
     out = tmp_path / "clip.gif"
     assert main(["generate", "a red circle", "-o", str(out), "--num-frames", "5"]) == 0
     assert "RANDOMLY INITIALISED" in capsys.readouterr().err
@@ -98,6 +101,14 @@ def test_eval_bad_input(model_dir, capsys):
     assert "--num-prompts must be >= 1" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--suites", "nonsense", "--num-prompts", "1"]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_generate_uses_the_shipped_model_by_default(tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a blue square moving right", "-o", str(out), "--num-frames", "5", "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out) and "RANDOMLY" not in captured.err
+    assert iio.imread(out).shape == (5, 64, 64, 3)
 
 
 def test_shipped_model_path_names_the_folder_when_missing(monkeypatch, tmp_path):

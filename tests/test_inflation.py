@@ -10,7 +10,7 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import nn
 
 from videoar_hf.causal_cnn import CausalConv3d
-from videoar_hf.inflation import inflate_state_dict
+from videoar_hf.inflation import inflate_state_dict, reinflate_image_trained
 from videoar_hf.modeling_tokenizer import VideoARTokenizer
 
 WIDTHS = (8, 16, 16, 16)
@@ -171,3 +171,17 @@ def test_shape_mismatch_names_the_key(key, shape):
     state_dict_2d[key] = torch.zeros(shape)
     with pytest.raises(ValueError, match=re.escape(f"`{key}`")):
         inflate_state_dict(state_dict_2d, tokenizer)
+
+
+def test_reinflating_an_image_trained_tokenizer_keeps_images_and_codes_video_frames_alone():
+    tokenizer = tiny_tokenizer(1).eval()
+    video = torch.rand(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        images_before = [tokenizer(video[:, :, t : t + 1]).sample for t in range(3)]
+        assert not torch.allclose(tokenizer(video).sample, torch.cat(images_before, dim=2), atol=1e-4)
+        reinflate_image_trained(tokenizer)
+        images_after = [tokenizer(video[:, :, t : t + 1]).sample for t in range(3)]
+        for before, after in zip(images_before, images_after):
+            torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+        # at temporal compression 1, each frame is now coded as if it were alone
+        torch.testing.assert_close(tokenizer(video).sample, torch.cat(images_after, dim=2), atol=1e-5, rtol=1e-5)

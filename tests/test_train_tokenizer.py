@@ -92,6 +92,8 @@ def test_init_from_an_inflated_2d_tokenizer(tmp_path):
     [
         (["--init_from_2d", "weights.pth"], "--init_from_2d"),
         (["--gan_weight", "-1"], "--gan_weight"),
+        (["--foreground_weight", "-0.5"], "--foreground_weight"),
+        (["--reinflate"], "--reinflate needs --pretrained_tokenizer"),
         (["--tokenizer_config", "{bad json"], "--tokenizer_config"),
         (["--perceptual_model", "/no/such/backbone"], "--perceptual_model"),
     ],

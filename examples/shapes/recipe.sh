@@ -17,7 +17,7 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
 [ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
   --tokenizer_config "$tokenizer_config" --stages "$here/stages_tokenizer_stills.yaml" --output_dir "$work/tokenizer_stills"
 [ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --stages "$here/stages_tokenizer_video.yaml" \
+  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$here/stages_tokenizer_video.yaml" \
   --output_dir "$work/tokenizer"
 
 [ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" \

@@ -84,3 +84,21 @@ def _inflate(tensor_2d: torch.Tensor, shape_3d: torch.Size, key_2d: str, key_3d:
     # causal padding puts earlier frames before the current one, so only the last slice sees the current frame
     kernel_3d[:, :, -1] = tensor_2d
     return kernel_3d
+
+
+@torch.no_grad()
+def reinflate_image_trained(tokenizer: VideoARTokenizer) -> VideoARTokenizer:
+    """In place: each causal kernel's temporal taps summed into the last slice, the others zeroed.
+
+    A tokenizer trained on single frames only ever runs the sum of each kernel's taps (a lone frame is a 2D conv with
+    the taps summed), so the taps themselves are still their random init. Summed into the last slice, they give the
+    same network on images and, on video, the paper's 2D-to-3D start (PAPER.md §2, "Init"): each frame coded alone,
+    ready to learn time. Returns `tokenizer`.
+    """
+    for module in tokenizer.modules():
+        if isinstance(module, CausalConv3d):
+            weight = module.conv.weight
+            summed = weight.sum(dim=2)
+            weight.zero_()
+            weight[:, :, -1] = summed
+    return tokenizer
