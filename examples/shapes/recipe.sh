@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole VideoAR-Shapes recipe, CPU, fixed seeds: tokenizer, transformer, export into the package, evaluation.
+# The whole VideoAR-Shapes recipe, CPU, fixed seeds: tokenizer (stills, then clips), transformer, export into the
+# package, evaluation, and the model card's figures.
 # Re-running continues from the last checkpoints, so the recipe can run in parts.
 #   bash examples/shapes/recipe.sh [work_dir]
 set -euo pipefail
@@ -27,3 +28,8 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
 
 python "$here/export_shipped.py" "$work/transformer/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
+
+# the model card's figures and report
+assets="$root/model_cards/assets"
+python "$here/plot_curves.py" "$work" "$assets/videoar-shapes-loss-curves.png"
+for file in metrics.md metrics.json samples.png; do cp "$work/eval/$file" "$assets/videoar-shapes-$file"; done

@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""One PNG of the recipe's three runs, for the model card: tokenizer PSNR (stills, then video) and transformer loss.
+
+    python examples/shapes/plot_curves.py outputs/shapes model_cards/assets/videoar-shapes-loss-curves.png
+"""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from videoar_hf.training_utils import LossHistory  # noqa: E402
+
+PANELS = (
+    ("tokenizer_stills", "psnr", "tokenizer, stills: PSNR (dB)"),
+    ("tokenizer", "psnr", "tokenizer, clips: PSNR (dB)"),
+    ("transformer", "loss", "transformer: bitwise cross-entropy"),
+)
+
+
+def smoothed(values: list[float], window: int = 25) -> list[float]:
+    """Trailing mean: per-step values of small batches are noisy."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def main(work_dir: str, output: str) -> None:
+    figure, axes = plt.subplots(1, len(PANELS), figsize=(13, 3.6))
+    for axis, (run, key, title) in zip(axes, PANELS):
+        records = [r for r in LossHistory.load(Path(work_dir) / run / "history.json").records if key in r]
+        steps, values = [r["step"] for r in records], [r[key] for r in records]
+        axis.plot(steps, values, linewidth=0.5, alpha=0.3, color="tab:blue")
+        axis.plot(steps, smoothed(values), linewidth=1.2, color="tab:blue")
+        axis.set(title=title, xlabel="step")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=100)
+    print(output)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: plot_curves.py WORK_DIR OUTPUT_PNG")
+    main(sys.argv[1], sys.argv[2])

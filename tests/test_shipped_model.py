@@ -1,0 +1,38 @@
+"""The VideoAR-Shapes pipeline that ships inside the package (model card: model_cards/videoar-shapes.md)."""
+
+import pytest
+import torch
+
+from videoar_hf import VideoARPipeline, shipped_model_path
+from videoar_hf.evaluation import evaluate_pipeline
+from videoar_hf.shapes import HELD_OUT_TRIPLES, Triple
+
+MAX_BYTES = 60 * 2**20  # the issue's budget for what the model adds to the repository
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    pipe = VideoARPipeline.from_pretrained(shipped_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_shipped_folder_fits_the_size_budget():
+    files = [path for path in shipped_model_path().rglob("*") if path.is_file()]
+    assert sum(path.stat().st_size for path in files) < MAX_BYTES
+    assert not [path for path in files if path.suffix in (".bin", ".pt", ".pth", ".pkl")], "safetensors only"
+
+
+def test_it_loads_in_fp32_with_its_pretrained_text_encoder(shipped):
+    assert {m.dtype for m in (shipped.video_tokenizer, shipped.transformer, shipped.text_encoder)} == {torch.float32}
+    assert shipped.text_encoder.config.hidden_size == shipped.transformer.config.text_hidden_size == 384
+    assert shipped.transformer.config.latent_bits == shipped.video_tokenizer.config.latent_channels
+
+
+def test_it_follows_the_prompt_s_colour_and_motion(shipped):
+    # training triples and a held-out one, new seeds, through the evaluator (model card: motion 96-99 %, colour 77 %;
+    # shape is not learned yet, so it is not asserted here)
+    triples = [Triple("red", "circle", "left"), Triple("blue", "square", "down"), HELD_OUT_TRIPLES[2], HELD_OUT_TRIPLES[4]]
+    result = evaluate_pipeline(shipped, triples=triples, seeds=[1, 2, 3, 4], progress=False)
+    correct = [record["correct"] for record in result["samples"]]
+    assert sum(c["motion"] for c in correct) >= 3 and sum(c["colour"] for c in correct) >= 2, result["samples"]
