@@ -178,6 +178,7 @@ def evaluate(args: argparse.Namespace) -> str:
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
     pipe = _load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)  # the evaluator's bar counts videos; the pipeline's would print per batch
     guidance = None if args.guidance_scale is None else _guidance(args.guidance_scale)
     try:
         report = run_evaluation(
