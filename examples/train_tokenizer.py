@@ -8,7 +8,8 @@
 Losses: L1 + L2 reconstruction, commitment and BSQ entropy penalty; optionally an LPIPS-style perceptual loss from a
 transformers vision backbone (`--perceptual_model`), and a hinge GAN with a 3D discriminator and LeCAM from
 `--gan_start_step` on. `--init_from_2d` inflates a 2D image tokenizer's safetensors weights into the 3D network
-(the 2D kernel in the last temporal slice, PAPER.md §2). The result is `output_dir/tokenizer`.
+(the 2D kernel in the last temporal slice, PAPER.md §2). `--train_decoder_only` fine-tunes a trained tokenizer's
+decoder and keeps its latents. The result is `output_dir/tokenizer`.
 """
 
 import argparse
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'.")
     model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
     model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (PAPER.md §2 init).")
+    model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
@@ -88,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
     if args.reinflate and not args.pretrained_tokenizer:
         parser.error("--reinflate needs --pretrained_tokenizer: it re-inflates a tokenizer trained on images.")
+    if args.train_decoder_only and not args.pretrained_tokenizer:
+        parser.error("--train_decoder_only needs --pretrained_tokenizer: a fresh encoder would never learn.")
     if args.init_from_2d and not args.init_from_2d.endswith(".safetensors"):
         parser.error("--init_from_2d must be a .safetensors file: weights are never read from pickles.")
     return args
@@ -133,6 +137,8 @@ def main(args: argparse.Namespace) -> Path:
     if args.gradient_checkpointing:
         tokenizer.enable_gradient_checkpointing()
     tokenizer.train()
+    if args.train_decoder_only:
+        tokenizer.encoder.requires_grad_(False)
     perceptual = PerceptualLoss.from_pretrained(args.perceptual_model) if args.perceptual_model else None
     loss_fn = TokenizerLoss(
         l1_weight=args.l1_weight, l2_weight=args.l2_weight, foreground_weight=args.foreground_weight, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
@@ -145,7 +151,8 @@ def main(args: argparse.Namespace) -> Path:
         tokenizer.validate_video_shape(stage.num_frames, stage.resolution, stage.resolution)
     schedule = StageSchedule(stages)
     betas = (args.adam_beta1, args.adam_beta2)
-    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=1.0, betas=betas, weight_decay=args.weight_decay)
+    trainable = [p for p in tokenizer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1.0, betas=betas, weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_at)  # lr 1: the schedule is absolute
     tokenizer, optimizer, lr_scheduler = accelerator.prepare(tokenizer, optimizer, lr_scheduler)
     discriminator = discriminator_optimizer = None

@@ -77,7 +77,7 @@ class TextEncoder:
 
     def __init__(self, path: str, device, memoize: bool = False):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
         self.device = device
         self.memo: dict[str, torch.Tensor] | None = {} if memoize else None
 
@@ -136,7 +136,7 @@ def main(args: argparse.Namespace) -> Path:
     video_tokenizer = VideoARTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval().requires_grad_(False)
     text_encoder = TextEncoder(args.text_encoder, accelerator.device, memoize=args.precompute)
     if args.pretrained_transformer:
-        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer)
+        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)  # trainable weights stay fp32 even from a bf16 export
     else:
         matching = {
             "latent_bits": video_tokenizer.config.latent_channels,

@@ -87,6 +87,24 @@ def test_init_from_an_inflated_2d_tokenizer(tmp_path):
     assert conv_in[:, :, :-1].abs().sum() == 0, "earlier temporal slices start at zero"
 
 
+def test_decoder_only_fine_tune_keeps_the_latents(tmp_path):
+    torch.manual_seed(0)
+    VideoARTokenizer(**TINY).save_pretrained(tmp_path / "base")
+    base = VideoARTokenizer.from_pretrained(tmp_path / "base")
+    args = load_script().parse_args([
+        "--pretrained_tokenizer", str(tmp_path / "base"), "--train_decoder_only", "--output_dir", str(tmp_path / "run"),
+        "--dataset", "shapes", "--num_clips", "8", "--resolution", "32", "--num_frames", "5", "--train_batch_size", "4",
+        "--learning_rate", "3e-3", "--report_to", "none", "--max_train_steps", "3",
+    ])  # fmt: skip
+    tuned = VideoARTokenizer.from_pretrained(load_script().main(args))
+    before, after = base.state_dict(), tuned.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("decoder.") for name in changed)
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.encode(video).latents, base.encode(video).latents, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -94,6 +112,7 @@ def test_init_from_an_inflated_2d_tokenizer(tmp_path):
         (["--gan_weight", "-1"], "--gan_weight"),
         (["--foreground_weight", "-0.5"], "--foreground_weight"),
         (["--reinflate"], "--reinflate needs --pretrained_tokenizer"),
+        (["--train_decoder_only"], "--train_decoder_only needs --pretrained_tokenizer"),
         (["--tokenizer_config", "{bad json"], "--tokenizer_config"),
         (["--perceptual_model", "/no/such/backbone"], "--perceptual_model"),
     ],
