@@ -20,6 +20,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from diffusers.utils import export_to_video
 from transformers import AutoModel, AutoTokenizer
+from tqdm.auto import tqdm
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer
 from videoar_hf.error_correction import error_corrected_pyramid
@@ -104,7 +105,7 @@ class TextEncoder:
 def precompute_latents(dataset, video_tokenizer: VideoARTokenizer, batch_size: int = 16) -> list[dict]:
     """Encode every clip once: `[{"latents": (d, T', h, w), "text": str}]`, a map-style dataset on the CPU."""
     items = []
-    for start in range(0, len(dataset), batch_size):
+    for start in tqdm(range(0, len(dataset), batch_size), desc="encoding clips", unit="batch"):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         video = batch["video"].to(video_tokenizer.device, video_tokenizer.dtype)
         latents = video_tokenizer.encode(video).latents.float().cpu()
