@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from diffusers.training_utils import EMAModel
 from diffusers.utils import export_to_video
-from transformers import AutoModel, AutoTokenizer
 from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer
 from videoar_hf.error_correction import error_corrected_pyramid
