@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""One PNG of the recipe's three runs, for the model card: tokenizer PSNR (stills, then video) and transformer loss.
+"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone) and
+transformer loss (first and second run). A panel's runs follow each other on its step axis; runs whose
+`history.json` is missing are left out.
 
     python examples/shapes/plot_curves.py outputs/shapes model_cards/assets/videoar-shapes-loss-curves.png
 """
@@ -15,10 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from videoar_hf.training_utils import LossHistory  # noqa: E402
 
 PANELS = (
-    ("tokenizer_stills", "psnr", "tokenizer, stills: PSNR (dB)"),
-    ("tokenizer", "psnr", "tokenizer, clips: PSNR (dB)"),
-    ("transformer", "loss", "transformer: bitwise cross-entropy"),
+    (("tokenizer_stills",), "psnr", "tokenizer, stills: PSNR (dB)"),
+    (("tokenizer", "tokenizer_decoder"), "psnr", "tokenizer, clips, then decoder: PSNR (dB)"),
+    (("transformer", "transformer_long"), "loss", "transformer: bitwise cross-entropy"),
 )
+COLOURS = ("tab:blue", "tab:orange")
 
 
 def smoothed(values: list[float], window: int = 25) -> list[float]:
@@ -28,12 +31,19 @@ def smoothed(values: list[float], window: int = 25) -> list[float]:
 
 def main(work_dir: str, output: str) -> None:
     figure, axes = plt.subplots(1, len(PANELS), figsize=(13, 3.6))
-    for axis, (run, key, title) in zip(axes, PANELS):
-        records = [r for r in LossHistory.load(Path(work_dir) / run / "history.json").records if key in r]
-        steps, values = [r["step"] for r in records], [r[key] for r in records]
-        axis.plot(steps, values, linewidth=0.5, alpha=0.3, color="tab:blue")
-        axis.plot(steps, smoothed(values), linewidth=1.2, color="tab:blue")
+    for axis, (runs, key, title) in zip(axes, PANELS):
+        offset = 0
+        for run, colour in zip(runs, COLOURS):
+            path = Path(work_dir) / run / "history.json"
+            if not path.exists():
+                continue
+            records = [r for r in LossHistory.load(path).records if key in r]
+            steps, values = [offset + r["step"] for r in records], [r[key] for r in records]
+            axis.plot(steps, values, linewidth=0.5, alpha=0.3, color=colour)
+            axis.plot(steps, smoothed(values), linewidth=1.2, color=colour, label=run)
+            offset = steps[-1]
         axis.set(title=title, xlabel="step")
+        axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     figure.tight_layout()
     Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,21 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
   --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$here/stages_tokenizer_video.yaml" \
   --output_dir "$work/tokenizer"
 
-[ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" \
-  --num_clips 3072 --precompute --tokenizer "$work/tokenizer/tokenizer" --text_encoder "$text_encoder" \
-  --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
-  --checkpointing_steps 250 --logging_steps 25 --output_dir "$work/transformer"
+# the decoder alone on full clips: the encoder, and so every latent below, stays as it is
+[ -d "$work/tokenizer_decoder/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --pretrained_tokenizer "$work/tokenizer/tokenizer" --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" \
+  --output_dir "$work/tokenizer_decoder"
 
-python "$here/export_shipped.py" "$work/transformer/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
+transformer=(--precompute --tokenizer "$work/tokenizer_decoder/tokenizer" --text_encoder "$text_encoder" --checkpointing_steps 250
+  --logging_steps 25)
+[ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --num_clips 3072 --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
+  --output_dir "$work/transformer"
+[ -d "$work/transformer_long/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --num_clips 6144 --pretrained_transformer "$work/transformer/pipeline/transformer" \
+  --stages "$here/stages_transformer_long.yaml" --output_dir "$work/transformer_long"
+
+python "$here/export_shipped.py" "$work/transformer_long/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
 # the model card's figures and report
