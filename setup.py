@@ -8,6 +8,7 @@ install_requires = [
     "transformers>=5.0",
     "accelerate>=1.0",
     "safetensors>=0.4",
+    "peft>=0.17",
     "huggingface-hub>=1.0",
     "numpy",
     "pillow",
@@ -17,7 +18,7 @@ install_requires = [
 ]
 
 extras = {
-    "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml", "peft>=0.17"],
+    "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml"],
     "app": ["gradio>=5.0"],
 }
 # the tests cover training too

@@ -9,7 +9,7 @@ import torch
 
 from videoar_hf import VideoARPipeline, VideoARPipelineOutput, VideoARTokenizer, VideoARTransformer
 from videoar_hf.guidance import falling_guidance, guidance_table, rising_guidance
-from videoar_hf.testing_utils import tiny_pipeline
+from videoar_hf.testing_utils import offline_hub_repo, tiny_pipeline
 
 PROMPT = "a red circle moving left"
 
@@ -194,18 +194,9 @@ def test_model_index_json_is_pinned(tiny_pipe, tmp_path):
     }
 
 
-def make_offline_hub_cache(pipe, cache_dir, repo_id="org/videoar-tiny", sha="0123456789abcdef0123456789abcdef01234567"):
-    """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<sha>/...}."""
-    repo = cache_dir / f"models--{repo_id.replace('/', '--')}"
-    pipe.save_pretrained(repo / "snapshots" / sha)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
-    return repo_id
-
-
 def test_load_from_a_hub_repo_id_offline(tiny_pipe, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    repo_id = make_offline_hub_cache(tiny_pipe, tmp_path)
+    repo_id = offline_hub_repo(tmp_path, "org/videoar-tiny", tiny_pipe.save_pretrained)
     reloaded = VideoARPipeline.from_pretrained(repo_id, cache_dir=tmp_path)
     reloaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(generate(reloaded, output_type="np"), generate(tiny_pipe, output_type="np"))

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic_directory import atomic_directory
 from .guidance import TEXT_TO_VIDEO, guidance_table
+from .lora import VideoARLoraLoaderMixin
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
 from .sampling import sample_bits
@@ -38,7 +39,7 @@ class VideoARPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
 
 
-class VideoARPipeline(DiffusionPipeline):
+class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
     """Generate videos with VideoAR (arXiv 2601.05966).
 
     Components:
@@ -48,7 +49,8 @@ class VideoARPipeline(DiffusionPipeline):
         tokenizer: the text encoder's tokenizer.
 
     One transformer forward pass samples a whole scale of a latent frame, so a video costs exactly
-    `latent frames x scales` passes; the text prefix rides along with the first.
+    `latent frames x scales` passes; the text prefix rides along with the first. LoRA adapters load with
+    `load_lora_weights` and the other methods of [`VideoARLoraLoaderMixin`].
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->video_tokenizer"
@@ -100,12 +102,16 @@ class VideoARPipeline(DiffusionPipeline):
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
-        """Save every component (safetensors only) into a temporary folder, then rename it into place."""
+        """Save every component (safetensors only) into a temporary folder, then rename it into place.
+
+        A fused LoRA is saved as part of the weights; an unfused one is refused (save it with `save_lora_weights`).
+        """
         if not safe_serialization:
             raise ValueError("`safe_serialization=False` is not supported: VideoAR saves safetensors only.")
+        self._check_savable()
         if kwargs.get("push_to_hub"):
             kwargs.setdefault("repo_id", Path(save_directory).name)
-        with atomic_directory(save_directory) as tmp:
+        with atomic_directory(save_directory) as tmp, self._lora_layers_detached():
             super().save_pretrained(tmp, safe_serialization=True, **kwargs)
 
     # ------------------------------------------------------------------ inputs

@@ -1,8 +1,13 @@
 """Tiny randomly initialised components, for tests and for trying the pipeline before any weights exist."""
 
+import copy
 import string
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from .configuration_videoar import VideoARConfig
@@ -74,3 +79,31 @@ def tiny_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_lora_adapter(
+    transformer: VideoARTransformer,
+    folder: str | Path,
+    rank: int = 4,
+    target_modules: Sequence[str] = ("q_proj", "v_proj", "up_proj"),
+    seed: int = 0,
+) -> Path:
+    """A random (non-zero) LoRA adapter for `transformer`, written by peft itself in the standard PEFT format."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(target_modules), init_lora_weights=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")  # peft vs transformers 5
+        get_peft_model(copy.deepcopy(transformer), config).save_pretrained(folder)
+    return Path(folder)
+
+
+def offline_hub_repo(
+    cache_dir: str | Path, repo_id: str, write: Callable[[Path], None], sha: str = "0123456789abcdef" * 2 + "01234567"
+) -> str:
+    """Lay out `repo_id` as huggingface_hub's cache does (`models--org--name/{refs/main, snapshots/<sha>/}`), with
+    `write(snapshot_folder)` filling it; loading `repo_id` with this `cache_dir` then works offline."""
+    repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    write(repo / "snapshots" / sha)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    return repo_id
