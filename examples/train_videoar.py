@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,11 +77,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 class TextEncoder:
     """The frozen text encoder. With `memoize`, each distinct caption is encoded once (`--precompute`)."""
 
-    def __init__(self, path: str, device, memoize: bool = False):
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
+    def __init__(self, model, tokenizer, device, memoize: bool = False):
+        self.model = model.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
         self.device = device
         self.memo: dict[str, torch.Tensor] | None = {} if memoize else None
+
+    @classmethod
+    def from_pretrained(cls, path: str, device, memoize: bool = False) -> "TextEncoder":
+        return cls(AutoModel.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path), device, memoize)
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,12 +135,10 @@ def training_loss(args, batch, video_tokenizer, text_encoder, transformer, accel
     return transformer(pyramid.scale_inputs, text_states, text_mask, labels=pyramid.bits).loss
 
 
-def main(args: argparse.Namespace) -> Path:
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
-
+def load_models(args, accelerator) -> tuple[VideoARTokenizer, TextEncoder, VideoARTransformer]:
+    """The frozen tokenizer and text encoder, and the transformer to train: new, or `--pretrained_transformer`."""
     video_tokenizer = VideoARTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    text_encoder = TextEncoder(args.text_encoder, accelerator.device, memoize=args.precompute)
+    text_encoder = TextEncoder.from_pretrained(args.text_encoder, accelerator.device, memoize=args.precompute)
     if args.pretrained_transformer:
         transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)  # trainable weights stay fp32 even from a bf16 export
     else:
@@ -146,21 +149,30 @@ def main(args: argparse.Namespace) -> Path:
         }
         config = VideoARConfig.from_preset(args.transformer_preset, **matching, **json.loads(args.transformer_config or "{}"))
         transformer = VideoARTransformer(config)
+    return video_tokenizer, text_encoder, transformer
+
+
+def train(args, accelerator, video_tokenizer, text_encoder, transformer, save: Callable[[VideoARPipeline], None],
+          project: str = "train_videoar") -> None:
+    """The curriculum over the transformer's trainable parameters (all of them, or a LoRA's), with checkpoints,
+    samples and logs under the tracker `project`; at the end, `save(pipeline)` on the main process."""
+    output_dir = Path(args.output_dir)
     if args.gradient_checkpointing:  # transformers 5.23 renamed gradient_checkpointing_enable
         getattr(transformer, "activation_checkpointing_enable", transformer.gradient_checkpointing_enable)()
     transformer.train()
 
     stages = build_stages(args)
     schedule = StageSchedule(stages)
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        transformer.parameters(), lr=1.0, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
+        trainable, lr=1.0, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay
     )  # lr 1: the schedule gives the absolute learning rate
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_at)
     transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
-    ema = EMAModel(transformer.parameters(), decay=args.ema_decay) if args.use_ema else None
+    ema = EMAModel(trainable, decay=args.ema_decay) if args.use_ema else None
 
     checkpoints, step, history = start_or_resume(args, accelerator, ema_tensors(ema), ema)
-    accelerator.init_trackers("train_videoar", config=trackable(args))
+    accelerator.init_trackers(project, config=trackable(args))
 
     def pipeline() -> VideoARPipeline:
         pipe = VideoARPipeline(
@@ -173,8 +185,8 @@ def main(args: argparse.Namespace) -> Path:
     def save_samples(folder: Path, stage) -> None:
         model = accelerator.unwrap_model(transformer).eval()
         if ema:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
+            ema.store(trainable)
+            ema.copy_to(trainable)
         folder.mkdir(parents=True, exist_ok=True)
         for i, prompt in enumerate(args.validation_prompts):
             video = pipeline()(
@@ -183,7 +195,7 @@ def main(args: argparse.Namespace) -> Path:
             ).frames[0]  # fmt: skip
             export_to_video(list(video), str(folder / f"{i:02d}.mp4"), fps=8)
         if ema:
-            ema.restore(model.parameters())
+            ema.restore(trainable)
         model.train()
 
     first_stage, first_local = schedule.locate(step) if step < schedule.total_steps else (len(stages), 0)
@@ -202,14 +214,14 @@ def main(args: argparse.Namespace) -> Path:
                         stop_on_non_finite_loss(loss, step, checkpoints, transformer, history, ema_tensors(ema))
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
+                        accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad()
                     losses.append(loss.detach())
             step += 1
             if ema:
-                ema.step(transformer.parameters())
+                ema.step(trainable)
             mean_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
             history.append(step, loss=mean_loss, lr=lr)
             if step % args.logging_steps == 0 or step == schedule.total_steps:
@@ -224,12 +236,19 @@ def main(args: argparse.Namespace) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if ema:
-            ema.copy_to(accelerator.unwrap_model(transformer).parameters())
-        pipeline().save_pretrained(output_dir / "pipeline")
+            ema.copy_to(trainable)
         history.save(output_dir / "history.json")
-        history.plot(output_dir / "loss_curve.png", title="VideoAR transformer")
+        history.plot(output_dir / "loss_curve.png", title=project)
+        accelerator.unwrap_model(transformer).eval()
+        save(pipeline())
     accelerator.end_training()
-    return output_dir / "pipeline"
+
+
+def main(args: argparse.Namespace) -> Path:
+    accelerator = make_accelerator(args)
+    pipeline_dir = Path(args.output_dir) / "pipeline"
+    train(args, accelerator, *load_models(args, accelerator), save=lambda pipe: pipe.save_pretrained(pipeline_dir))
+    return pipeline_dir
 
 
 if __name__ == "__main__":

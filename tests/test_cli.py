@@ -41,6 +41,7 @@ def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypa
         (["--guidance-scale", "loud"], "guidance_scale"),
         (["--model", "/no/such/model/dir"], "--model"),
         (["--fps", "0"], "--fps"),
+        (["--lora", "/no/such/adapter:0.5"], "--lora '/no/such/adapter:0.5': LoRA adapter '/no/such/adapter' is neither"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, monkeypatch, capsys, args, message):
@@ -119,3 +120,20 @@ def test_shipped_model_path_names_the_folder_when_missing(monkeypatch, tmp_path)
         shipped.shipped_model_path()
     tiny_pipeline().save_pretrained(tmp_path / "absent")
     assert shipped.shipped_model_path() == tmp_path / "absent"
+
+
+def test_generate_with_loras_and_scales(tmp_path, monkeypatch, capsys):
+    import videoar_hf.cli as cli
+    from videoar_hf.testing_utils import tiny_lora_adapter
+
+    pipe = tiny_pipeline()
+    first = tiny_lora_adapter(pipe.transformer, tmp_path / "first", seed=1)
+    second = tiny_lora_adapter(pipe.transformer, tmp_path / "second", seed=2, target_modules=("k_proj",))
+    monkeypatch.setattr(cli, "_load_pipeline", lambda model: pipe)
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "a red circle", "-o", str(out), "--num-frames", "5", "--lora", str(first),
+                 "--lora", f"{second}:0.5"]) == 0  # fmt: skip
+    assert pipe.get_active_adapters() == ["lora_0", "lora_1"]
+    assert pipe.transformer.layers[0].self_attn.k_proj.scaling == {"lora_1": 0.5}
+    assert pipe.transformer.layers[0].self_attn.q_proj.scaling == {"lora_0": 1.0}
+    assert iio.imread(out).shape[0] == 5

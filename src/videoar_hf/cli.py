@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--image", default=None, help="Continue from this image (image-to-video).")
     given.add_argument("--video", default=None, help="Continue this video; its first 1 + 4k frames are used.")
     gen.add_argument("--gif", action="store_true", help="Also write a GIF beside the output.")
+    gen.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="A LoRA adapter (PEFT folder or Hub repo id) with an optional weight (default 1); repeat to combine.",
+    )
 
     ev = commands.add_parser("eval", help="Measure a model on Shapes prompts against the Shapes ground truth.")
     ev.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
@@ -93,6 +100,35 @@ def _load_pipeline(model: str | None):
         raise UsageError(f"--model {model!r}: {error}") from error
     except OSError as error:
         raise UsageError(f"--model {model!r} could not be loaded: {error}") from error
+
+
+def _parse_lora(value: str) -> tuple[str, float]:
+    """`PATH[:SCALE]`: the text after the last colon is the scale when it is a number."""
+    path, _, scale = value.rpartition(":")
+    if path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return value, 1.0
+
+
+def _load_loras(pipe, values: list[str]) -> None:
+    if not values:
+        return
+    names, scales = [], []
+    for i, value in enumerate(values):
+        path, scale = _parse_lora(value)
+        try:
+            pipe.load_lora_weights(path, adapter_name=f"lora_{i}")
+        except ValueError as error:
+            raise UsageError(f"--lora {value!r}: {error}") from error
+        names.append(f"lora_{i}")
+        scales.append(scale)
+    try:
+        pipe.set_adapters(names, scales)
+    except ValueError as error:
+        raise UsageError(f"--lora: {error}") from error
 
 
 def _write_video(frames, output: Path, fps: int) -> None:
@@ -149,6 +185,7 @@ def generate(args: argparse.Namespace) -> Path:
     import torch
 
     pipe = _load_pipeline(args.model)
+    _load_loras(pipe, args.lora)
     conditioning = _read_conditioning(args, pipe.video_tokenizer.config.temporal_compression_ratio)
     try:
         frames = pipe(

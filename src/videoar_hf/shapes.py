@@ -106,6 +106,18 @@ class ShapesClip:
         return self.video.any(axis=-1)
 
 
+def parse_colour(spec: str) -> tuple[str, tuple[int, int, int]]:
+    """`"orange=255,128,0"` -> `("orange", (255, 128, 0))`, for command-line flags that add colours."""
+    name, _, rgb = spec.partition("=")
+    try:
+        values = tuple(int(v) for v in rgb.split(","))
+    except ValueError:
+        values = ()
+    if not name.isidentifier() or len(values) != 3 or not all(0 <= v <= 255 for v in values) or not any(values):
+        raise ValueError(f"a colour is NAME=R,G,B with R, G, B in 0..255, not all 0 (e.g. orange=255,128,0); got {spec!r}")
+    return name, values
+
+
 def all_triples(colours: Palette = COLOURS) -> list[Triple]:
     """Every (colour, shape, motion) combination of the palette."""
     return [Triple(c, s, m) for c in colours for s in SHAPES for m in MOTIONS]

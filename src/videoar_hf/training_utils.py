@@ -128,6 +128,7 @@ class LossHistory:
         self.records.append({"step": step, **{k: float(v) for k, v in values.items()}})
 
     def save(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(self.records))
 
     @classmethod
@@ -274,10 +275,15 @@ def build_dataset(args, source: str, resolution: int, num_frames: int, seed: int
     """`"shapes"` (the synthetic dataset, held-out triples excluded unless `--include_held_out`) or any source
     `load_video_dataset` reads: a videofolder, a saved `datasets` folder, a Hub dataset."""
     if source == "shapes":
-        from .shapes import HELD_OUT_TRIPLES, ShapesDataset
+        from .shapes import HELD_OUT_TRIPLES, ShapesDataset, training_triples
 
+        palette = shapes_palette(args)
         held_out = () if args.include_held_out else HELD_OUT_TRIPLES
-        return ShapesDataset(args.num_clips, seed=seed, num_frames=num_frames, resolution=resolution, held_out=held_out)
+        triples = [t for t in training_triples(held_out, palette) if t.colour in (args.shapes_colours or palette)]
+        return ShapesDataset(
+            args.num_clips, seed=seed, triples=triples, num_frames=num_frames, resolution=resolution, colours=palette,
+            held_out=held_out,
+        )  # fmt: skip
     from .video_data import load_video_dataset
 
     extra = {"name": args.dataset_config_name} if args.dataset_config_name else {}
@@ -285,6 +291,16 @@ def build_dataset(args, source: str, resolution: int, num_frames: int, seed: int
         source, num_frames=num_frames, resolution=resolution, fps=args.fps, split=args.split,
         streaming=args.streaming, seed=seed, **extra,
     )  # fmt: skip
+
+
+def shapes_palette(args) -> dict[str, tuple[int, int, int]]:
+    """The Shapes palette with `--shapes_new_colours` added."""
+    from .shapes import COLOURS, parse_colour
+
+    try:
+        return {**COLOURS, **dict(parse_colour(spec) for spec in args.shapes_new_colours)}
+    except ValueError as error:
+        raise ValueError(f"--shapes_new_colours: {error}") from error
 
 
 class StageBatches:
@@ -349,6 +365,8 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     data.add_argument("--image_dataset", default=None, help="Images for stages with image_ratio > 0, as 1-frame videos (default: --dataset at 1 frame).")
     data.add_argument("--num_clips", type=int, default=2048, help="Shapes only: clips per epoch.")
     data.add_argument("--include_held_out", action="store_true", help="Shapes only: also train on the held-out (colour, shape, motion) triples.")
+    data.add_argument("--shapes_new_colours", nargs="+", default=[], metavar="NAME=R,G,B", help="Shapes only: colours added to the palette, e.g. orange=255,128,0.")
+    data.add_argument("--shapes_colours", nargs="+", default=None, metavar="NAME", help="Shapes only: train on these colours of the palette alone (default: all).")
     data.add_argument("--fps", type=float, default=8.0, help="Frame rate clips are sampled at from real videos.")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
 
@@ -393,8 +411,12 @@ def check_training_args(parser, args) -> None:
         parser.error(f"--ema_decay must be in (0, 1), got {args.ema_decay}.")
     try:
         build_stages(args)
+        palette = shapes_palette(args)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    unknown = sorted(set(args.shapes_colours or ()) - set(palette))
+    if unknown:
+        parser.error(f"--shapes_colours {unknown} are not in the palette {list(palette)}; add them with --shapes_new_colours.")
 
 
 def build_stages(args) -> list[Stage]:
