@@ -102,6 +102,10 @@ def test_eval_bad_input(model_dir, capsys):
     assert "--num-prompts must be >= 1" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--suites", "nonsense", "--num-prompts", "1"]) == 2
     assert "nonsense" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--new-colours", "orange"]) == 2
+    assert "--new-colours: a colour is NAME=R,G,B" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--lora", "/no/adapter"]) == 2
+    assert "--lora '/no/adapter'" in capsys.readouterr().err
 
 
 def test_generate_uses_the_shipped_model_by_default(tmp_path, capsys):

@@ -20,6 +20,7 @@ from videoar_hf.evaluation import (
     held_out_suite,
     label_components,
     motion_direction,
+    new_colour_suite,
     prompt_for,
     reference_clip,
     run_evaluation,
@@ -244,9 +245,9 @@ def test_run_evaluation_writes_the_report(pipe64, tmp_path):
 class PerfectPipeline:
     """Returns the real Shapes clip of each prompt's triple, and reconstructs videos exactly."""
 
-    def __init__(self, cases):
-        self.clips = {prompt_for(*case): reference_clip(*case) for case in cases}
-        self.clips.update({reference_clip(*case).caption: reference_clip(*case) for case in cases})
+    def __init__(self, cases, palette=COLOURS):
+        self.clips = {prompt_for(*case): reference_clip(*case, palette=palette) for case in cases}
+        self.clips.update({reference_clip(*case, palette=palette).caption: reference_clip(*case, palette=palette) for case in cases})
         self.video_tokenizer = IdentityTokenizer()
 
     def __call__(self, prompts, **options):
@@ -267,6 +268,41 @@ def test_a_perfect_pipeline_passes_every_target(tmp_path):
 def test_unknown_suites_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="Unknown suites"):
         run_evaluation(PerfectPipeline([]), tmp_path, suites=("train", "speed"))
+
+
+ORANGE = {"orange": (255, 128, 0)}
+
+
+def test_new_colours_are_prompted_and_named_in_every_suite(tmp_path):
+    cases = new_colour_suite(["orange"], 4).cases + train_suite(4).cases
+    report = run_evaluation(PerfectPipeline(cases, {**COLOURS, **ORANGE}), tmp_path, suites=["train", "new_colours"],
+                            new_colours=ORANGE, num_prompts=4, progress=False)  # fmt: skip
+    new = report["suites"]["new_colours"]
+    assert new["passed"] and new["metrics"]["colour"] == 1.0
+    assert all("orange" in sample["prompt"] for sample in new["samples"])
+    assert report["suites"]["train"]["metrics"]["colour"] == 1.0
+    assert "| new_colours | 4 |" in (tmp_path / "metrics.md").read_text()
+
+
+def test_a_model_that_draws_red_for_orange_fails_the_new_colours(tmp_path):
+    pipe = PerfectPipeline(train_suite(12 * 5).cases)
+    for triple, seed in new_colour_suite(["orange"], 4).cases:
+        pipe.clips[prompt_for(triple, seed)] = reference_clip(triple._replace(colour="red"), seed)
+    report = run_evaluation(pipe, tmp_path, new_colours=ORANGE, suites=["new_colours"], num_prompts=4, progress=False)
+    assert report["suites"]["new_colours"]["metrics"]["colour"] == 0.0
+    assert report["suites"]["new_colours"]["metrics"]["motion"] == 1.0 and not report["suites"]["new_colours"]["passed"]
+
+
+def test_new_colours_run_by_default_and_are_checked(tmp_path):
+    suite = new_colour_suite(["orange"], 2)
+    pipe = PerfectPipeline(suite.cases + train_suite(2).cases + held_out_suite(1).cases + continuation_suite(2).cases,
+                           {**COLOURS, **ORANGE})  # fmt: skip
+    report = run_evaluation(pipe, tmp_path, new_colours=ORANGE, num_prompts=2, seeds_per_held_out=1, progress=False)
+    assert list(report["suites"]) == ["train", "held_out", "continuation", "tokenizer", "new_colours"]
+    with pytest.raises(ValueError, match="'new_colours' suite needs `new_colours`"):
+        run_evaluation(pipe, tmp_path, suites=["new_colours"])
+    with pytest.raises(ValueError, match=r"\['red'\] are already Shapes colours"):
+        run_evaluation(pipe, tmp_path, new_colours={"red": (200, 0, 0)})
 
 
 # ---------------------------------------------------------------- tokenizer PSNR

@@ -53,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="Measure a model on Shapes prompts against the Shapes ground truth.")
     ev.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
     ev.add_argument("-o", "--output-dir", default="eval", help="Where metrics.json, metrics.md and samples.png go.")
-    ev.add_argument("--suites", nargs="+", default=["train", "held_out", "continuation", "tokenizer"],
-                    help="Any of: train, held_out, continuation, tokenizer.")  # fmt: skip
+    ev.add_argument("--suites", nargs="+", default=None,
+                    help="Any of: train, held_out, continuation, tokenizer, new_colours (default: all but new_colours, "
+                    "which runs when --new-colours is given).")  # fmt: skip
+    ev.add_argument("--new-colours", nargs="+", default=[], metavar="NAME=R,G,B",
+                    help="Colours a finetune added, e.g. orange=255,128,0: known to every suite, prompted by new_colours.")
+    ev.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="As for generate.")
     ev.add_argument("--num-prompts", type=int, default=100, help="Prompts of the train and continuation suites.")
     ev.add_argument("--seeds-per-held-out", type=int, default=20, help="Seeds per held-out triple.")
     ev.add_argument("--num-frames", type=int, default=17, help="Frames per generated video.")
@@ -210,16 +214,22 @@ def generate(args: argparse.Namespace) -> Path:
 
 def evaluate(args: argparse.Namespace) -> str:
     from .evaluation import metrics_markdown, run_evaluation
+    from .shapes import parse_colour
 
     for flag in ("num_prompts", "seeds_per_held_out", "batch_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
+    try:
+        new_colours = dict(parse_colour(spec) for spec in args.new_colours)
+    except ValueError as error:
+        raise UsageError(f"--new-colours: {error}") from error
     pipe = _load_pipeline(args.model)
+    _load_loras(pipe, args.lora)
     pipe.set_progress_bar_config(disable=True)  # the evaluator's bar counts videos; the pipeline's would print per batch
     guidance = None if args.guidance_scale is None else _guidance(args.guidance_scale)
     try:
         report = run_evaluation(
-            pipe, args.output_dir, suites=args.suites, num_prompts=args.num_prompts,
+            pipe, args.output_dir, suites=args.suites, new_colours=new_colours, num_prompts=args.num_prompts,
             seeds_per_held_out=args.seeds_per_held_out, num_frames=args.num_frames, resolution=args.resolution,
             guidance_scale=guidance, batch_size=args.batch_size,
         )  # fmt: skip

@@ -26,7 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .pipeline_videoar import VideoARPipeline
-from .shapes import COLOURS, HELD_OUT_TRIPLES, Palette, ShapesClip, Triple, caption_for, sample_clip, training_triples
+from .shapes import (
+    COLOURS, HELD_OUT_TRIPLES, MOTIONS, SHAPES, Palette, ShapesClip, Triple, caption_for, sample_clip, training_triples,
+)  # fmt: skip
 
 # decoder noise on the black background stays well below a quarter of full brightness
 FOREGROUND_THRESHOLD = 0.25
@@ -44,6 +46,7 @@ MAX_PSNR = 100.0
 TRAIN_SEED_START = 10_000
 HELD_OUT_SEED_START = 20_000
 CONTINUATION_SEED_START = 30_000
+NEW_COLOUR_SEED_START = 40_000
 
 # fractions in [0, 1] that each suite must reach, and the tokenizer's PSNR in dB
 TARGETS = {
@@ -51,8 +54,11 @@ TARGETS = {
     "held_out": {"colour": 0.80, "shape": 0.80, "motion": 0.80},
     "continuation": {"colour": 0.95, "shape": 0.95, "motion": 0.90},
     "tokenizer": {"psnr": 30.0},
+    # colours a finetune adds (the LoRA issue's demonstration): colour and motion must be learnt
+    "new_colours": {"colour": 0.80, "motion": 0.80},
 }
-ALL_SUITES = ("train", "held_out", "continuation", "tokenizer")
+ALL_SUITES = ("train", "held_out", "continuation", "tokenizer", "new_colours")
+DEFAULT_SUITES = ("train", "held_out", "continuation", "tokenizer")
 VIDEOS_PER_SUITE_IN_GRID = 2
 
 
@@ -396,6 +402,12 @@ def continuation_suite(num_prompts: int = 100) -> Suite:
     return _cycling_suite("continuation", training_triples(), num_prompts, CONTINUATION_SEED_START, continuation=True)
 
 
+def new_colour_suite(colours: Sequence[str], num_prompts: int = 100) -> Suite:
+    """`num_prompts` cases cycling through every (shape, motion) of the colours a finetune adds, seeds 40_000 + i."""
+    triples = [Triple(c, s, m) for c in colours for s in SHAPES for m in MOTIONS]
+    return _cycling_suite("new_colours", triples, num_prompts, NEW_COLOUR_SEED_START)
+
+
 def _cycling_suite(name: str, triples: list[Triple], count: int, seed_start: int, continuation: bool = False) -> Suite:
     cycled = [triples[i % len(triples)] for i in range(count)]
     return Suite(name, cycled, _seeds_from(seed_start, count), continuation)
@@ -409,7 +421,8 @@ def run_evaluation(
     model_or_pipe: VideoARPipeline | str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    suites: Sequence[str] = ALL_SUITES,
+    suites: Sequence[str] | None = None,
+    new_colours: Palette | None = None,
     num_prompts: int = 100,
     seeds_per_held_out: int = 20,
     num_frames: int = 17,
@@ -422,15 +435,28 @@ def run_evaluation(
     """Run the standard suites on a pipeline (or a folder / Hub id to load one) and write into `output_dir`:
     `metrics.json` (everything, per-case records included), `metrics.md` (the table against `TARGETS`) and, when a
     suite generated videos, `samples.png`. The "tokenizer" suite reconstructs the held-out suite's real clips.
+
+    `new_colours` (name -> RGB) are colours a finetune added: every suite names colours from the palette extended
+    with them, and the "new_colours" suite (run by default when they are given) prompts them.
     Returns what `metrics.json` holds."""
+    new_colours = dict(new_colours or {})
+    suites = list(suites or DEFAULT_SUITES + (("new_colours",) if new_colours else ()))
     unknown = sorted(set(suites) - set(ALL_SUITES))
     if unknown:
         raise ValueError(f"Unknown suites {unknown}; choose from {list(ALL_SUITES)}.")
+    if "new_colours" in suites and not new_colours:
+        raise ValueError("The 'new_colours' suite needs `new_colours`, e.g. {'orange': (255, 128, 0)}.")
+    clashes = sorted(set(new_colours) & set(COLOURS))
+    if clashes:
+        raise ValueError(f"`new_colours` {clashes} are already Shapes colours; give the new ones only.")
     pipe = _as_pipeline(model_or_pipe, device)
     standard = [train_suite(num_prompts), held_out_suite(seeds_per_held_out), continuation_suite(num_prompts)]
+    if new_colours:
+        standard.append(new_colour_suite(list(new_colours), num_prompts))
     standard = {suite.name: suite for suite in standard}
     options = dict(num_frames=num_frames, resolution=resolution)
     generation = dict(guidance_scale=guidance_scale, batch_size=batch_size, **options)
+    palette = {**COLOURS, **new_colours}
     results, grid_rows = {}, []
     for name in suites:
         if name == "tokenizer":
@@ -439,12 +465,12 @@ def run_evaluation(
             results[name] = evaluate_pipeline(
                 pipe, triples=standard[name].triples, seeds=standard[name].seeds,
                 continuation=standard[name].continuation, progress=progress, description=name,
-                keep_videos=VIDEOS_PER_SUITE_IN_GRID, **generation,
+                keep_videos=VIDEOS_PER_SUITE_IN_GRID, palette=palette, **generation,
             )  # fmt: skip
             grid_rows += [(f"{name}: {video['prompt']}", video["frames"]) for video in results[name].pop("videos")]
         results[name]["passed"] = meets_targets(results[name]["metrics"], TARGETS[name])
     report = {
-        "settings": dict(num_prompts=num_prompts, seeds_per_held_out=seeds_per_held_out, **generation),
+        "settings": dict(num_prompts=num_prompts, seeds_per_held_out=seeds_per_held_out, new_colours=new_colours, **generation),
         "targets": {name: TARGETS[name] for name in suites},
         "suites": results,
     }
