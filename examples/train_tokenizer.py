@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
     model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (PAPER.md §2 init).")
     model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid.")
+    model.add_argument("--colour_mix_prob", type=float, default=0.0, help="Probability of mixing a clip's RGB channels by a random non-negative 3x3 matrix (black stays black), so the tokenizer learns colours beyond its data's palette.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
@@ -85,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("gan_weight", "gan_start_step", "foreground_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
+    if not 0 <= args.colour_mix_prob <= 1:
+        parser.error(f"--colour_mix_prob must be in [0, 1], got {args.colour_mix_prob}.")
     for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model"):
         if getattr(args, flag) and not Path(getattr(args, flag)).exists():
             parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
@@ -110,6 +113,16 @@ def build_tokenizer(args) -> VideoARTokenizer:
         missing, _ = tokenizer.load_state_dict(inflated, strict=False)
         logger.info(f"Inflated {len(inflated)} tensors from {args.init_from_2d}; unused 2D keys: {unused}; left at init: {missing}")
     return tokenizer
+
+
+def mix_colours(video_BCTHW: torch.Tensor, prob: float) -> torch.Tensor:
+    """With probability `prob` per clip, new RGB = M @ RGB in [0, 1] for a random M in [0, 1]^(3x3): a pure red
+    becomes any colour, and black stays black. Torch's RNG, so a resumed run draws the same."""
+    B = video_BCTHW.shape[0]
+    chosen_B = (torch.rand(B) < prob).to(video_BCTHW.device)
+    mix_B33 = torch.rand(B, 3, 3).to(video_BCTHW)
+    mixed = torch.einsum("bij,bjthw->bithw", mix_B33, (video_BCTHW + 1) / 2).clamp(0, 1) * 2 - 1
+    return torch.where(chosen_B.view(B, 1, 1, 1, 1), mixed, video_BCTHW)
 
 
 def psnr(video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -180,6 +193,8 @@ def main(args: argparse.Namespace) -> Path:
             for batch in stage_batches.micro_batches(local):
                 with accelerator.accumulate(*models):
                     video = batch["video"].to(accelerator.device)
+                    if args.colour_mix_prob:
+                        video = mix_colours(video, args.colour_mix_prob)
                     # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
                     reconstruction, latents, _, _, commitment_loss = tokenizer(video, return_dict=False)
                     loss, parts = loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)

@@ -94,7 +94,7 @@ def test_decoder_only_fine_tune_keeps_the_latents(tmp_path):
     args = load_script().parse_args([
         "--pretrained_tokenizer", str(tmp_path / "base"), "--train_decoder_only", "--output_dir", str(tmp_path / "run"),
         "--dataset", "shapes", "--num_clips", "8", "--resolution", "32", "--num_frames", "5", "--train_batch_size", "4",
-        "--learning_rate", "3e-3", "--report_to", "none", "--max_train_steps", "3",
+        "--learning_rate", "3e-3", "--report_to", "none", "--max_train_steps", "3", "--colour_mix_prob", "0.5",
     ])  # fmt: skip
     tuned = VideoARTokenizer.from_pretrained(load_script().main(args))
     before, after = base.state_dict(), tuned.state_dict()
@@ -105,9 +105,24 @@ def test_decoder_only_fine_tune_keeps_the_latents(tmp_path):
         torch.testing.assert_close(tuned.encode(video).latents, base.encode(video).latents, rtol=0, atol=0)
 
 
+def test_colour_mixing_recolours_some_clips_and_keeps_black():
+    mix_colours = load_script().mix_colours
+    video = -torch.ones(64, 3, 2, 4, 4)
+    video[:, 0, :, 1:3, 1:3] = 1  # a red square on black
+    torch.manual_seed(0)
+    mixed = mix_colours(video, 0.5)
+    assert torch.equal(mixed[:, :, :, 0, 0], video[:, :, :, 0, 0]), "black stays black"
+    recoloured = (mixed != video).flatten(1).any(1)
+    assert 16 < recoloured.sum() < 48
+    colours = mixed[recoloured][:, :, 0, 1, 1]
+    assert colours.min() < -0.5 and colours[:, 1].max() > 0.5, "the red becomes other colours"
+    assert torch.equal(mix_colours(video, 0.0), video)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--colour_mix_prob", "1.5"], "--colour_mix_prob must be in [0, 1]"),
         (["--init_from_2d", "weights.pth"], "--init_from_2d"),
         (["--gan_weight", "-1"], "--gan_weight"),
         (["--foreground_weight", "-0.5"], "--foreground_weight"),
