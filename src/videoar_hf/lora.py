@@ -242,7 +242,8 @@ def _read_adapter(folder: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
 
 def _check_adapter_fits(transformer: torch.nn.Module, config: LoraConfig, state_dict: dict, folder: Path) -> None:
     """Every target module exists, is a linear layer, and has A and B matrices of matching shapes."""
-    modules = dict(transformer.named_modules())
+    # the model's own modules, not the insides of LoRA layers already loaded
+    modules = {n: m for n, m in transformer.named_modules() if not re.search(r"\.(base_layer|lora_\w+)(\.|$)", n)}
     targeted = {name for name in modules if name and check_target_module_exists(config, name)}
     if not targeted:
         targets = config.target_modules

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The LoRA demonstration: teach the shipped VideoAR-Shapes model a colour it has never seen, orange (255, 128, 0), from
+# 64 Shapes clips, and measure prompts of orange and of the original colours before and after with `videoar eval`.
+# CPU, fixed seeds; re-running continues from the last checkpoint.
+#   bash examples/shapes/orange_lora.sh [work_dir]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+work="${1:-$root/outputs/shapes/orange_lora}"
+orange=orange=255,128,0
+
+[ -d "$work/adapter" ] || python "$root/examples/train_lora.py" --dataset shapes --shapes_new_colours "$orange" \
+  --shapes_colours orange --num_clips 64 --precompute --max_train_steps 300 --train_batch_size 8 --learning_rate 2e-3 \
+  --lr_warmup_steps 20 --rank 8 --seed 0 --mixed_precision bf16 --report_to tensorboard --checkpointing_steps 100 \
+  --resume_from_checkpoint latest --validation_prompts "an orange circle moving left" --output_dir "$work"
+videoar eval --new-colours "$orange" --suites train new_colours -o "$work/eval_base"
+videoar eval --new-colours "$orange" --suites train new_colours --lora "$work/adapter" -o "$work/eval_lora"
