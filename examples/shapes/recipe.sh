@@ -21,11 +21,10 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
   --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$here/stages_tokenizer_video.yaml" \
   --output_dir "$work/tokenizer"
 
-# the decoder alone on full clips, half of them recoloured at random (so finetunes can add colours): the encoder, and
-# so every latent below, stays as it is
+# the decoder alone on full clips: the encoder, and so every latent below, stays as it is
 [ -d "$work/tokenizer_decoder/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer/tokenizer" --train_decoder_only --colour_mix_prob 0.5 \
-  --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_decoder"
+  --pretrained_tokenizer "$work/tokenizer/tokenizer" --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" \
+  --output_dir "$work/tokenizer_decoder"
 
 transformer=(--precompute --tokenizer "$work/tokenizer_decoder/tokenizer" --text_encoder "$text_encoder" --checkpointing_steps 250
   --logging_steps 25)
