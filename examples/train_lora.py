@@ -15,7 +15,6 @@ standard PEFT files (`adapter_config.json`, `adapter_model.safetensors`) and a m
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -28,8 +27,6 @@ from train_videoar import TextEncoder, train
 
 from videoar_hf import VideoARPipeline, shipped_model_path
 from videoar_hf.training_utils import NonFiniteLossError, add_training_args, check_training_args, make_accelerator
-
-logger = logging.getLogger("train_lora")
 
 ADAPTER_NAME = "default"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -84,6 +81,8 @@ def lora_config(args) -> LoraConfig:
 
 def model_card(args, base_model: str, history_path: Path, seconds: float) -> str:
     """The adapter's README: what it adapts, how it was trained, how to use it."""
+    load = f'"{args.pretrained_model}"' if args.pretrained_model else "shipped_model_path()"
+    model_flag = f" --model {args.pretrained_model}" if args.pretrained_model else ""
     losses = [r["loss"] for r in json.loads(history_path.read_text())]
     is_hub_id = base_model.count("/") == 1 and not Path(base_model).exists()
     data = ModelCardData(
@@ -113,14 +112,14 @@ A LoRA adapter on the transformer of `{base_model}`, trained with `examples/trai
 | training time | {seconds / 60:.1f} min |
 
 ```python
-from videoar_hf import VideoARPipeline
+from videoar_hf import VideoARPipeline, shipped_model_path
 
-pipe = VideoARPipeline.from_pretrained("{base_model}")
+pipe = VideoARPipeline.from_pretrained({load})
 pipe.load_lora_weights("path/to/this/adapter", adapter_name="lora")
 video = pipe("a red circle moving left").frames[0]
 ```
 
-Or: `videoar generate "a red circle moving left" --model {base_model} --lora path/to/this/adapter:1.0`.
+Or: `videoar generate "a red circle moving left"{model_flag} --lora path/to/this/adapter:1.0`.
 """
 
 
