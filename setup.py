@@ -21,8 +21,8 @@ extras = {
     "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml"],
     "app": ["gradio>=5.0"],
 }
-# the tests cover training too
-extras["test"] = ["pytest>=8", "pytest-timeout", *extras["train"]]
+# the tests cover training and the demo too (the browser test also needs Debian's chromium; .ci/run installs it)
+extras["test"] = ["pytest>=8", "pytest-timeout", "playwright", *extras["train"], *extras["app"]]
 extras["dev"] = sorted({req for reqs in extras.values() for req in reqs})
 
 setup(

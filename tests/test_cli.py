@@ -21,6 +21,18 @@ def test_generate_writes_a_playable_video(model_dir, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"], "no temporary file is left behind"
 
 
+def test_generate_stream_reports_each_latent_frame_and_writes_the_same_video(model_dir, tmp_path, capsys):
+    common = ["a red circle moving left", "--model", str(model_dir), "--num-frames", "9", "--seed", "4"]
+    assert main(["generate", *common, "-o", str(tmp_path / "whole.gif")]) == 0
+    capsys.readouterr()
+    assert main(["generate", *common, "-o", str(tmp_path / "streamed.gif"), "--stream"]) == 0
+    err = capsys.readouterr().err
+    reports = ["videoar: frames 1-1 of 9 ready", "videoar: frames 2-5 of 9 ready", "videoar: frames 6-9 of 9 ready"]
+    positions = [err.find(report) for report in reports]  # tqdm's bar shares lines with them
+    assert -1 not in positions and positions == sorted(positions)
+    assert (iio.imread(tmp_path / "whole.gif") == iio.imread(tmp_path / "streamed.gif")).all()
+
+
 def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypatch):
     import videoar_hf.shipped_model as shipped
 

@@ -1,4 +1,4 @@
-"""`videoar` command line: `videoar generate "a red circle moving left" -o out.mp4`."""
+"""`videoar` command line: `videoar generate "a red circle moving left" -o out.mp4`, `videoar eval`, `videoar app`."""
 
 import argparse
 import os
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--video", default=None, help="Continue this video; its first 1 + 4k frames are used.")
     gen.add_argument("--gif", action="store_true", help="Also write a GIF beside the output.")
     gen.add_argument(
+        "--stream", action="store_true", help="Decode frames as soon as each is sampled and report them on stderr."
+    )
+    gen.add_argument(
         "--lora",
         action="append",
         default=[],
@@ -65,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resolution", type=int, default=64, help="Pixel side of generated videos.")
     ev.add_argument("--guidance-scale", default=None, help="A number or a schedule name (default: the pipeline's).")
     ev.add_argument("--batch-size", type=int, default=8, help="Videos generated per pipeline call.")
+
+    app = commands.add_parser("app", help="Run the Gradio demo (the Space) locally.")
+    app.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
+    app.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1, this machine only).")
+    app.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
     return parser
 
 
@@ -177,6 +185,18 @@ def _read_conditioning(args, temporal_compression: int):
     return {"video": [frame for frame in frames[:usable]]}
 
 
+def _stream(pipe, prompt: str, options: dict):
+    """The video's frames, gathered from `pipe.stream`, with a line on stderr as each latent frame's arrive."""
+    import numpy as np
+
+    chunks, done = [], 0
+    for chunk in pipe.stream(prompt, **options):
+        chunks.append(chunk[0])
+        print(f"videoar: frames {done + 1}-{done + len(chunk[0])} of {options['num_frames']} ready", file=sys.stderr)
+        done += len(chunk[0])
+    return np.concatenate(chunks)
+
+
 def generate(args: argparse.Namespace) -> Path:
     output = Path(args.output)
     if output.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -191,19 +211,19 @@ def generate(args: argparse.Namespace) -> Path:
     pipe = _load_pipeline(args.model)
     _load_loras(pipe, args.lora)
     conditioning = _read_conditioning(args, pipe.video_tokenizer.config.temporal_compression_ratio)
+    options = dict(
+        **conditioning,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        guidance_scale=_guidance(args.guidance_scale),
+        top_k=args.top_k,
+        top_p=args.top_p,
+        temperature=args.temperature,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     try:
-        frames = pipe(
-            args.prompt,
-            **conditioning,
-            num_frames=args.num_frames,
-            height=args.height,
-            width=args.width,
-            guidance_scale=_guidance(args.guidance_scale),
-            top_k=args.top_k,
-            top_p=args.top_p,
-            temperature=args.temperature,
-            generator=torch.Generator().manual_seed(args.seed),
-        ).frames[0]
+        frames = _stream(pipe, args.prompt, options) if args.stream else pipe(args.prompt, **options).frames[0]
     except ValueError as error:
         raise UsageError(str(error)) from error
     _write_video(frames, output, args.fps)
@@ -238,6 +258,23 @@ def evaluate(args: argparse.Namespace) -> str:
     return metrics_markdown(report)
 
 
+def run_app(args: argparse.Namespace) -> None:
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535, got {args.port}.")
+    try:
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"the demo needs gradio: pip install 'videoar-hf[app]' ({error}).") from error
+    from .app import build_demo
+
+    pipe = _load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=False)
+    try:
+        build_demo(pipe).launch(server_name=args.host, server_port=args.port)
+    except OSError as error:  # the port is taken, or the host cannot be bound
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -245,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             print(generate(args))
         elif args.command == "eval":
             print(evaluate(args))
+        elif args.command == "app":
+            run_app(args)
     except UsageError as error:
         print(f"videoar: error: {error}", file=sys.stderr)
         return 2

@@ -3,9 +3,10 @@
 import inspect
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import PIL.Image
@@ -13,12 +14,14 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput, logging
 from diffusers.video_processor import VideoProcessor
-from huggingface_hub import snapshot_download
+from huggingface_hub import CommitInfo, HfApi, ModelCard, snapshot_download
 from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic_directory import atomic_directory
+from .causal_cnn import causal_streaming
 from .guidance import TEXT_TO_VIDEO, guidance_table
+from .hub import upload_pipeline_folder
 from .lora import VideoARLoraLoaderMixin
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
@@ -27,6 +30,8 @@ from .sampling import sample_bits
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+# keyword arguments of `save_pretrained(..., push_to_hub=True)` that go to the upload
+HUB_KWARGS = ("repo_id", "commit_message", "private", "token", "create_pr", "model_card", "api")
 
 
 @dataclass
@@ -101,18 +106,53 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 component.to(dtype=dtype)
         return pipe
 
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
         """Save every component (safetensors only) into a temporary folder, then rename it into place.
 
         A fused LoRA is saved as part of the weights; an unfused one is refused (save it with `save_lora_weights`).
+        With `push_to_hub`, the folder is then uploaded as `push_to_hub` does; `repo_id` defaults to the folder's
+        name and the other keyword arguments are `push_to_hub`'s.
         """
         if not safe_serialization:
             raise ValueError("`safe_serialization=False` is not supported: VideoAR saves safetensors only.")
         self._check_savable()
-        if kwargs.get("push_to_hub"):
-            kwargs.setdefault("repo_id", Path(save_directory).name)
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         with atomic_directory(save_directory) as tmp, self._lora_layers_detached():
             super().save_pretrained(tmp, safe_serialization=True, **kwargs)
+        if push_to_hub:
+            hub_kwargs.setdefault("repo_id", Path(save_directory).name)
+            return upload_pipeline_folder(save_directory, **hub_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        model_card: str | os.PathLike | ModelCard | None = None,
+        api: HfApi | None = None,
+    ) -> CommitInfo:
+        """Upload the pipeline to the Hub as one commit: every component in safetensors, plus a model card.
+
+        `model_card` (a `ModelCard`, a card file or its text) becomes the repo's `README.md`; by default a card with
+        the metadata the Hub needs (`pipeline_tag: text-to-video`, `library_name: videoar-hf`) and a usage snippet.
+        The repo is created if needed. `api` is the `HfApi` to use (default: `HfApi(token=token)`). Load it back with
+        `VideoARPipeline.from_pretrained(repo_id)`.
+        """
+        self._check_savable()
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp) / "pipeline")
+            return upload_pipeline_folder(
+                Path(tmp) / "pipeline", repo_id, model_card=model_card, commit_message=commit_message,
+                private=private, token=token, create_pr=create_pr, api=api,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ inputs
 
@@ -215,6 +255,93 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
     # ------------------------------------------------------------------ sampling
 
+    def _prepare_sampling(
+        self, prompt, negative_prompt, num_frames, height, width, num_videos_per_prompt, guidance_scale, top_k, top_p,
+        temperature, generator, image, video, output_type, max_sequence_length, callback_on_step_end_tensor_inputs,
+    ) -> "_Sampling":  # fmt: skip
+        """Check the inputs and do the work before the first forward pass: the text prefix and the given frames."""
+        height = height or self.video_tokenizer.config.sample_size
+        width = width or self.video_tokenizer.config.sample_size
+        prompts = self.check_inputs(
+            prompt, negative_prompt, num_frames, height, width, num_videos_per_prompt, top_k, top_p, temperature,
+            generator, output_type, image, video, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        device = self._execution_device
+        f = self.video_tokenizer.config.spatial_compression_ratio
+        num_latent_frames = self.video_tokenizer.num_latent_frames(num_frames)
+        latent_size = (height // f, width // f)
+        cache = self.transformer.init_cache(*latent_size)
+        guidance_TK = guidance_table(guidance_scale, num_latent_frames, len(cache.scale_sizes))
+        do_cfg = bool((guidance_TK != 1).any())
+
+        # text prefix: conditional and unconditional prompts encoded once, in one batch
+        if negative_prompt is None:
+            negative_prompt = ""
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
+        text_states, text_mask = self.encode_prompt(prompts + negatives if do_cfg else prompts, max_sequence_length, device)
+
+        given_bits = []
+        if image is not None or video is not None:
+            given_bits = self.encode_conditioning_frames(
+                image, video, height, width, len(prompts), num_videos_per_prompt, device
+            )
+            if given_bits[0].shape[1] >= num_latent_frames:
+                raise ValueError(
+                    f"`num_frames` ({num_frames}) must be longer than the conditioning frames, which fill "
+                    f"{given_bits[0].shape[1]} of its {num_latent_frames} latent frames."
+                )
+        return _Sampling(
+            batch=len(prompts) * num_videos_per_prompt,
+            num_latent_frames=num_latent_frames,
+            latent_size=latent_size,
+            cache=cache,
+            guidance_TK=guidance_TK,
+            do_cfg=do_cfg,
+            text_states=text_states.repeat_interleave(num_videos_per_prompt, dim=0),
+            text_mask=text_mask.repeat_interleave(num_videos_per_prompt, dim=0),
+            given_bits=given_bits,
+            sampling_options=(top_k, top_p, temperature, generator),
+            device=device,
+        )
+
+    def _sample_latent_frames(
+        self, s: "_Sampling", callback_on_step_end=None, callback_on_step_end_tensor_inputs=None
+    ) -> Iterator[torch.Tensor]:
+        """Sample frame after frame, scale after scale; after each latent frame, yield all `latents` `(B, d, T', h,
+        w)` (frames not sampled yet are zeros)."""
+        quantizer = self.video_tokenizer.quantizer
+        scale_sizes = s.cache.scale_sizes
+        num_given = s.given_bits[0].shape[1] if s.given_bits else 0
+        latents = torch.zeros(s.batch, quantizer.latent_bits, s.num_latent_frames, *s.latent_size, device=s.device)
+        scale_input = None
+        with self.progress_bar(total=s.num_latent_frames * len(scale_sizes)) as progress_bar:
+            for frame in range(s.num_latent_frames):
+                for scale, size in enumerate(scale_sizes):
+                    model_input = None if scale_input is None else torch.cat([scale_input] * (1 + s.do_cfg))
+                    logits = self.transformer.step(s.cache, model_input, s.text_states, s.text_mask).float()
+                    if s.do_cfg:
+                        cond, uncond = logits.chunk(2)
+                        logits = uncond + s.guidance_TK[frame, scale].item() * (cond - uncond)
+                    if frame < num_given:
+                        bits_BhwD = s.given_bits[scale][:, frame]
+                    else:
+                        bits_BhwD = sample_bits(logits, *s.sampling_options).reshape(s.batch, *size, -1)
+                    codes_BdHW = quantizer.codes_from_bits(bits_BhwD).permute(0, 3, 1, 2)
+                    latents[:, :, frame] += quantizer.upsample(codes_BdHW, s.latent_size)
+
+                    if callback_on_step_end is not None:
+                        available = {"latents": latents, "logits": logits}
+                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
+                        step = frame * len(scale_sizes) + scale
+                        callback_outputs = callback_on_step_end(self, step, (frame, scale), callback_kwargs)
+                        latents = (callback_outputs or {}).get("latents", latents)
+
+                    # the next block's input: this frame's reconstruction so far, at the next scale's size (§3)
+                    next_size = scale_sizes[(scale + 1) % len(scale_sizes)]
+                    scale_input = quantizer.downsample(latents[:, :, frame], next_size).permute(0, 2, 3, 1)
+                    progress_bar.update()
+                yield latents
+
     @torch.no_grad()
     def __call__(
         self,
@@ -259,73 +386,12 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 may return a dict replacing `latents`.
             callback_on_step_end_tensor_inputs: keys of `callback_kwargs`, from `["latents", "logits"]`.
         """
-        height = height or self.video_tokenizer.config.sample_size
-        width = width or self.video_tokenizer.config.sample_size
-        prompts = self.check_inputs(
-            prompt, negative_prompt, num_frames, height, width, num_videos_per_prompt, top_k, top_p, temperature,
-            generator, output_type, image, video, callback_on_step_end_tensor_inputs,
+        sampling = self._prepare_sampling(
+            prompt, negative_prompt, num_frames, height, width, num_videos_per_prompt, guidance_scale, top_k, top_p,
+            temperature, generator, image, video, output_type, max_sequence_length, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        device = self._execution_device
-        f = self.video_tokenizer.config.spatial_compression_ratio
-        num_latent_frames = self.video_tokenizer.num_latent_frames(num_frames)
-        latent_size = (height // f, width // f)
-        cache = self.transformer.init_cache(*latent_size)
-        scale_sizes = cache.scale_sizes
-        guidance_TK = guidance_table(guidance_scale, num_latent_frames, len(scale_sizes))
-        do_cfg = bool((guidance_TK != 1).any())
-        batch = len(prompts) * num_videos_per_prompt
-
-        # text prefix: conditional and unconditional prompts encoded once, in one batch
-        if negative_prompt is None:
-            negative_prompt = ""
-        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
-        text_states, text_mask = self.encode_prompt(prompts + negatives if do_cfg else prompts, max_sequence_length, device)
-        text_states = text_states.repeat_interleave(num_videos_per_prompt, dim=0)
-        text_mask = text_mask.repeat_interleave(num_videos_per_prompt, dim=0)
-
-        given_bits = []
-        if image is not None or video is not None:
-            given_bits = self.encode_conditioning_frames(
-                image, video, height, width, len(prompts), num_videos_per_prompt, device
-            )
-            if given_bits[0].shape[1] >= num_latent_frames:
-                raise ValueError(
-                    f"`num_frames` ({num_frames}) must be longer than the conditioning frames, which fill "
-                    f"{given_bits[0].shape[1]} of its {num_latent_frames} latent frames."
-                )
-        num_given = given_bits[0].shape[1] if given_bits else 0
-
-        quantizer = self.video_tokenizer.quantizer
-        latents = torch.zeros(batch, quantizer.latent_bits, num_latent_frames, *latent_size, device=device)
-        scale_input = None
-        with self.progress_bar(total=num_latent_frames * len(scale_sizes)) as progress_bar:
-            for frame in range(num_latent_frames):
-                for scale, size in enumerate(scale_sizes):
-                    model_input = None if scale_input is None else torch.cat([scale_input] * (1 + do_cfg))
-                    logits = self.transformer.step(cache, model_input, text_states, text_mask).float()
-                    if do_cfg:
-                        cond, uncond = logits.chunk(2)
-                        logits = uncond + guidance_TK[frame, scale].item() * (cond - uncond)
-                    if frame < num_given:
-                        bits_BhwD = given_bits[scale][:, frame]
-                    else:
-                        bits = sample_bits(logits, top_k, top_p, temperature, generator)
-                        bits_BhwD = bits.reshape(batch, *size, -1)
-                    codes_BdHW = quantizer.codes_from_bits(bits_BhwD).permute(0, 3, 1, 2)
-                    latents[:, :, frame] += quantizer.upsample(codes_BdHW, latent_size)
-
-                    if callback_on_step_end is not None:
-                        available = {"latents": latents, "logits": logits}
-                        callback_kwargs = {k: available[k] for k in callback_on_step_end_tensor_inputs or []}
-                        step = frame * len(scale_sizes) + scale
-                        callback_outputs = callback_on_step_end(self, step, (frame, scale), callback_kwargs)
-                        latents = (callback_outputs or {}).get("latents", latents)
-
-                    # the next block's input: this frame's reconstruction so far, at the next scale's size (§3)
-                    next_size = scale_sizes[(scale + 1) % len(scale_sizes)]
-                    scale_input = quantizer.downsample(latents[:, :, frame], next_size).permute(0, 2, 3, 1)
-                    progress_bar.update()
-
+        for latents in self._sample_latent_frames(sampling, callback_on_step_end, callback_on_step_end_tensor_inputs):
+            pass
         if output_type == "latent":
             frames = latents
         else:
@@ -335,6 +401,67 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if not return_dict:
             return (frames,)
         return VideoARPipelineOutput(frames=frames)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int = 17,
+        height: int | None = None,
+        width: int | None = None,
+        num_videos_per_prompt: int = 1,
+        guidance_scale: float | str | list | torch.Tensor = TEXT_TO_VIDEO,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image: Any = None,
+        video: Any = None,
+        output_type: str = "np",
+        max_sequence_length: int | None = None,
+    ) -> Iterator[np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]]:
+        """Generate like `__call__`, but yield each latent frame's pixel frames as soon as that frame is sampled.
+
+        The causal tokenizer decodes chunk by chunk with its temporal cache, so the chunks, concatenated along the
+        frame axis, equal `__call__(...).frames` for the same arguments and seeds. The first chunk holds one frame,
+        each later one `temporal_compression_ratio` frames; conditioning frames come back as well. Chunks are shaped
+        as `__call__`'s frames for `output_type` `"np"`, `"pt"` or `"pil"`. Inputs are checked on the call, before the
+        first chunk is asked for.
+        """
+        if output_type == "latent":
+            raise ValueError("`stream` yields pixel frames: `output_type` must be one of ['np', 'pil', 'pt'].")
+        sampling = self._prepare_sampling(
+            prompt, negative_prompt, num_frames, height, width, num_videos_per_prompt, guidance_scale, top_k, top_p,
+            temperature, generator, image, video, output_type, max_sequence_length, None,
+        )  # fmt: skip
+        return self._decode_as_sampled(sampling, output_type)
+
+    @torch.no_grad()
+    def _decode_as_sampled(self, sampling: "_Sampling", output_type: str) -> Iterator:
+        with causal_streaming(self.video_tokenizer.decoder):
+            for frame, latents in enumerate(self._sample_latent_frames(sampling)):
+                chunk = latents[:, :, frame : frame + 1].to(self.video_tokenizer.dtype)
+                sample = self.video_tokenizer.decode(chunk).sample  # continues the stream: no chunk_size
+                yield self.video_processor.postprocess_video(sample.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+
+
+@dataclass
+class _Sampling:
+    """What one generation carries from its preparation into its sampling loop."""
+
+    batch: int
+    num_latent_frames: int
+    latent_size: tuple[int, int]
+    cache: Any
+    guidance_TK: torch.Tensor
+    do_cfg: bool
+    text_states: torch.Tensor
+    text_mask: torch.Tensor
+    given_bits: list[torch.Tensor]
+    sampling_options: tuple
+    device: torch.device
 
 
 def _check_components_agree(video_tokenizer, transformer, text_encoder) -> None:

@@ -1,0 +1,85 @@
+"""The Gradio demo, driven through gradio_client on 127.0.0.1 as a Space's API user would."""
+
+import socket
+
+import imageio.v3 as iio
+import pytest
+
+gradio = pytest.importorskip("gradio")
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from videoar_hf.app import DemoLimits, RequestError, build_demo, check_request  # noqa: E402
+from videoar_hf.testing_utils import tiny_pipeline  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    demo = build_demo(tiny_pipeline(), DemoLimits(max_frames=9, max_resolution=32, max_prompt_length=40))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def request(client, prompt="a red circle moving left", num_frames=9, resolution=32, seed=3, randomize=False, image=None):
+    return client.predict(
+        prompt, "", num_frames, resolution, seed, randomize, 3.0, 0, 1.0, image, api_name="/generate"
+    )
+
+
+def test_a_request_returns_a_playable_mp4_and_its_seed(client):
+    preview, video, seed = request(client)
+    frames = iio.imread(video)
+    assert frames.shape == (9, 32, 32, 3)
+    assert iio.imread(preview).shape[:2] == (32, 32)
+    assert seed == 3
+
+
+def test_same_seed_same_video_and_randomize_picks_a_seed(client):
+    a, b = iio.imread(request(client, seed=5)[1]), iio.imread(request(client, seed=5)[1])
+    assert (a == b).all()
+    assert request(client, randomize=True)[2] >= 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_frames": 33}, "maximum"),  # over the frames slider's bound
+        ({"num_frames": 7}, "frames: 7 is not allowed"),  # not 1 + 4k
+        ({"resolution": 64}, "maximum"),
+        ({"resolution": 20}, "resolution: 20 is not allowed"),
+        ({"prompt": "x" * 41}, "prompt: 41 characters; at most 40"),
+        ({"prompt": "  "}, "prompt: type what"),
+    ],
+)
+def test_requests_over_the_limits_get_a_clear_error_and_the_server_keeps_serving(client, kwargs, message):
+    with pytest.raises(AppError, match=message):
+        request(client, **kwargs)
+    assert iio.imread(request(client)[1]).shape[0] == 9
+
+
+def test_check_request_names_each_input():
+    pipe, limits = tiny_pipeline(), DemoLimits(max_frames=17, max_resolution=64, max_prompt_length=10)
+    check_request(pipe, limits, "a red one", None, 17, 64)
+    for args, name in [
+        (("", None, 17, 64), "prompt"),
+        (("a red one", "n" * 11, 17, 64), "negative prompt"),
+        (("a red one", None, 21, 64), "frames"),
+        (("a red one", None, 17, 72), "resolution"),
+    ]:
+        with pytest.raises(RequestError, match=f"^{name}:"):
+            check_request(pipe, limits, *args)
+
+
+def test_the_queue_is_bounded():
+    demo = build_demo(tiny_pipeline(), DemoLimits(queue_max_size=3, concurrency_limit=1))
+    assert demo._queue.max_size == 3
+    generate = next(fn for fn in demo.fns.values() if fn.name == "generate")
+    assert generate.concurrency_limit == 1 and demo._queue.default_concurrency_limit == 1
