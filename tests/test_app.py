@@ -38,7 +38,7 @@ def test_a_request_returns_a_playable_mp4_and_its_seed(client):
     preview, video, seed = request(client)
     frames = iio.imread(video)
     assert frames.shape == (9, 32, 32, 3)
-    assert iio.imread(preview).shape[:2] == (32, 32)
+    assert iio.imread(preview).shape[:2] == (256, 256)  # the last frame, enlarged 8x by whole pixels
     assert seed == 3
 
 
@@ -83,3 +83,52 @@ def test_the_queue_is_bounded():
     assert demo._queue.max_size == 3
     generate = next(fn for fn in demo.fns.values() if fn.name == "generate")
     assert generate.concurrency_limit == 1 and demo._queue.default_concurrency_limit == 1
+
+
+def test_the_gpu_wrapper_wraps_the_generating_function():
+    wrapped = []
+
+    def gpu(fn):
+        wrapped.append(fn.__name__)
+        return fn
+
+    build_demo(tiny_pipeline(), gpu=gpu)
+    assert wrapped == ["generate"]
+
+
+def test_the_space_folder_has_its_front_matter_and_runs(tmp_path, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    import yaml
+
+    space = Path(__file__).parents[1] / "examples" / "space"
+    front_matter = yaml.safe_load((space / "README.md").read_text().split("---")[1])
+    assert front_matter["sdk"] == "gradio" and front_matter["app_file"] == "app.py"
+    assert front_matter["sdk_version"] == gradio.__version__
+    for key in ("license", "models", "tags", "short_description"):
+        assert front_matter[key], key
+    assert len(front_matter["short_description"]) <= 60  # the Hub's limit
+    assert {"gradio", "videoar-hf"} <= {line.split("=")[0].split(">")[0] for line in (space / "requirements.txt").read_text().split()}
+
+    tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    monkeypatch.setenv("VIDEOAR_MODEL", str(tmp_path / "tiny"))
+    namespace = runpy.run_path(str(space / "app.py"))  # not as __main__: builds the demo without launching it
+    assert isinstance(namespace["demo"], gradio.Blocks)
+
+
+def test_videoar_app_launches_on_the_given_host_and_port(tmp_path, monkeypatch):
+    from videoar_hf.cli import main
+
+    launched = {}
+    monkeypatch.setattr(gradio.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    tiny_pipeline().save_pretrained(tmp_path / "tiny")
+    assert main(["app", "--model", str(tmp_path / "tiny"), "--host", "127.0.0.1", "--port", "7861"]) == 0
+    assert launched == {"server_name": "127.0.0.1", "server_port": 7861}
+
+
+def test_videoar_app_bad_port(capsys):
+    from videoar_hf.cli import main
+
+    assert main(["app", "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err

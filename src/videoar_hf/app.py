@@ -21,6 +21,7 @@ EXAMPLE_PROMPTS = (
     "one white disc drifting down",
 )
 MAX_SEED = 2**31 - 1
+PREVIEW_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,12 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
             frames = []
             for chunk in chunks:
                 frames.extend(chunk[0])
-                yield _to_uint8(frames[-1]), None, seed
+                yield _preview(frames[-1]), None, seed
         except (RequestError, ValueError, TypeError) as error:
             raise gr.Error(str(error)) from error
         path = tempfile.NamedTemporaryFile(suffix=".mp4", delete=False).name
         export_to_video(frames, path, fps=8)
-        yield _to_uint8(frames[-1]), path, seed
+        yield _preview(frames[-1]), path, seed
 
     if gpu is not None:
         generate = gpu(generate)
@@ -130,10 +131,13 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
             outputs=[preview, video, used_seed],
             api_name="generate",
             concurrency_limit=limits.concurrency_limit,
+            show_progress_on=[video],  # the preview stays visible while frames stream in
         )
     demo.queue(max_size=limits.queue_max_size, default_concurrency_limit=limits.concurrency_limit)
     return demo
 
 
-def _to_uint8(frame: np.ndarray) -> np.ndarray:
-    return (np.clip(frame, 0, 1) * 255).round().astype(np.uint8)
+def _preview(frame: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """uint8 `frame`, enlarged by whole pixels to about `side` so a 64 px frame is not a speck on the page."""
+    scale = max(1, side // max(frame.shape[:2]))
+    return (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).repeat(scale, axis=0).repeat(scale, axis=1)
