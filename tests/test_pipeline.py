@@ -344,3 +344,35 @@ def test_missing_or_corrupt_weight_files_are_named(tiny_pipe, tmp_path):
 
     with pytest.raises(ValueError, match="model_index.json"):
         VideoARPipeline.from_pretrained(tmp_path / "pipe" / "transformer")
+
+
+def test_a_frame_window_bounds_the_kv_cache_without_changing_the_video(tiny_pipe, monkeypatch):
+    from videoar_hf.cache import VideoARCache
+
+    tiny_pipe.transformer.config.frame_mask_window = 1
+    sizes = []
+    original_update = VideoARCache.update
+
+    def recording_update(self, layer_idx, key, value):
+        keys, values = original_update(self, layer_idx, key, value)
+        sizes.append(keys.shape[2])
+        return keys, values
+
+    monkeypatch.setattr(VideoARCache, "update", recording_update)
+    windowed = generate(tiny_pipe, num_frames=33, output_type="np")
+    frames_of_tokens = 1 + 4 + 16  # the tiny schedule (1, 2, 4): tokens per latent frame
+    assert max(sizes) <= sizes[0] + 2 * frames_of_tokens  # text + start block, then at most two frames' tokens
+
+    monkeypatch.setattr(VideoARCache, "drop_frames_before", lambda self, frame: None)
+    sizes.clear()
+    unbounded = generate(tiny_pipe, num_frames=33, output_type="np")
+    assert max(sizes) > sizes[0] + 7 * frames_of_tokens
+    np.testing.assert_array_equal(windowed, unbounded)
+
+
+def test_decode_chunk_size_gives_the_same_frames(tiny_pipe):
+    np.testing.assert_allclose(
+        generate(tiny_pipe, output_type="np", decode_chunk_size=1), generate(tiny_pipe, output_type="np"), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="chunk_size"):
+        generate(tiny_pipe, decode_chunk_size=0, output_type="np")

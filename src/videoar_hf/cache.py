@@ -42,6 +42,19 @@ class VideoARCache:
         self.token_frames = torch.cat([self.token_frames, frames_N])
         self.token_valid = torch.cat([self.token_valid, valid_BN], dim=1)
 
+    def drop_frames_before(self, frame: int) -> None:
+        """Forget the keys and values of video frames before `frame` (the text prefix stays): with a frame window,
+        nothing can attend to them any more, and the cache stops growing with the video."""
+        if self.is_empty:
+            return
+        keep_M = (self.token_frames == TEXT_BLOCK) | (self.token_frames >= frame)
+        if keep_M.all():
+            return
+        self.token_blocks, self.token_frames = self.token_blocks[keep_M], self.token_frames[keep_M]
+        self.token_valid = self.token_valid[:, keep_M]
+        self.keys = [None if k is None else k[:, :, keep_M] for k in self.keys]
+        self.values = [None if v is None else v[:, :, keep_M] for v in self.values]
+
     def update(self, layer_idx: int, key_BHNd: torch.Tensor, value_BHNd: torch.Tensor):
         """Append one layer's new keys and values; return all of them."""
         if self.keys[layer_idx] is not None:

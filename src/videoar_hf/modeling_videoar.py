@@ -243,8 +243,11 @@ class VideoARTransformer(VideoARPreTrainedModel):
             text_BLC, text_valid_BL, text_lengths_B, video_BNC, coords_N4, layout
         )
 
+        window = self.config.frame_mask_window
+        if window is not None and scale == 0:
+            cache.drop_frames_before(frame - window)  # out of every later token's sight: memory stays flat
         cache.append_tokens(blocks_N, frames_N, valid_BN)
-        frame_keep = frame_window_keep(B, frame + 1, self.config.frame_mask_window, device=self.device)
+        frame_keep = frame_window_keep(B, frame + 1, window, device=self.device)
         mask = block_causal_mask(
             blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep
         )

@@ -361,6 +361,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         output_type: str = "np",
         return_dict: bool = True,
         max_sequence_length: int | None = None,
+        decode_chunk_size: int | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> VideoARPipelineOutput | tuple:
@@ -382,6 +383,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             output_type: `"np"`, `"pil"`, `"pt"` or `"latent"`.
             max_sequence_length: text token limit, capped at the text encoder's; longer prompts are truncated with a
                 warning.
+            decode_chunk_size: latent frames the causal tokenizer decodes at a time (same frames, less memory for
+                long videos); all at once by default.
             callback_on_step_end: `callback(pipe, step, (frame, scale), callback_kwargs)` after each forward pass;
                 may return a dict replacing `latents`.
             callback_on_step_end_tensor_inputs: keys of `callback_kwargs`, from `["latents", "logits"]`.
@@ -395,7 +398,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if output_type == "latent":
             frames = latents
         else:
-            sample = self.video_tokenizer.decode(latents.to(self.video_tokenizer.dtype)).sample
+            latents = latents.to(self.video_tokenizer.dtype)
+            sample = self.video_tokenizer.decode(latents, chunk_size=decode_chunk_size).sample
             frames = self.video_processor.postprocess_video(sample.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

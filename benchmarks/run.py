@@ -1,0 +1,391 @@
+"""The benchmark suite: forward passes, speed against a next-token AR decode, growth with the video's length, the
+tokenizer's throughput, the share of the machine's matmul peak, and the levers (attention kernel, dtype, compile).
+
+    python benchmarks/run.py [--output-dir benchmarks/results] [--runs 3]
+
+Every number is measured in this process, in this run; speed targets are ratios against baselines run beside them,
+because this machine is shared and noisy. Weights are random: speed does not depend on them. Writes
+`results.json`, `results.md` (a table with PASS/FAIL per target) and `growth.png`.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from next_token_baseline import next_token_generate  # noqa: E402
+
+from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer  # noqa: E402
+from videoar_hf.testing_utils import tiny_text_encoder  # noqa: E402
+
+PROMPT = "a red circle moving left"
+# the shipped VideoAR-Shapes model's shapes (model_cards/videoar-shapes.md)
+SHIPPED_TOKENIZER = dict(
+    latent_channels=32, base_channels=16, channel_multipliers=(1, 2, 4, 4), num_res_blocks=1,
+    spatial_compression_ratio=8, temporal_compression_ratio=4, scale_schedule=(1, 2, 4, 8), norm_num_groups=8,
+    sample_size=64,
+)  # fmt: skip
+SIZES = {
+    "shipped": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4),  # 4.3M
+    "mid": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),  # about 100M
+}
+# PAPER.md §9: 17 frames at 128x128, tokenizer x4 / x16 -> 5 x 8 x 8 latents, 6 scales
+UCF_TOKENIZER = dict(
+    latent_channels=16, base_channels=8, channel_multipliers=(1, 1, 1, 1, 1), num_res_blocks=1,
+    spatial_compression_ratio=16, temporal_compression_ratio=4, scale_schedule=(1, 2, 3, 4, 6, 8), norm_num_groups=4,
+    sample_size=128,
+)  # fmt: skip
+TARGETS = {
+    "steps_ucf": 10.0,  # fewer forward passes than next-token AR
+    "speed_shipped": 5.0,  # faster than next-token AR
+    "speed_mid": 10.0,
+    "peak_share_mid": 0.30,  # of the fp32 matmul peak
+    "growth_time": 1.5,  # per-frame time, 129 frames over 17, with the window (at most)
+    "growth_memory": 1.2,  # peak memory, 129 frames over 17, with the window (at most)
+    "shipped_seconds": 2.0,  # one 17x64x64 video (at most)
+}
+
+
+def random_pipeline(tokenizer_config: dict, transformer_fields: dict, seed: int = 0) -> VideoARPipeline:
+    torch.manual_seed(seed)
+    tokenizer = VideoARTokenizer(**tokenizer_config).eval()
+    config = VideoARConfig(
+        **transformer_fields, latent_bits=tokenizer_config["latent_channels"],
+        scale_schedule=list(tokenizer_config["scale_schedule"]), text_hidden_size=64,
+    )  # fmt: skip
+    transformer = VideoARTransformer(config).eval()
+    text_encoder, text_tokenizer = tiny_text_encoder(hidden_size=64)
+    pipe = VideoARPipeline(
+        video_tokenizer=tokenizer, transformer=transformer, text_encoder=text_encoder, tokenizer=text_tokenizer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def median_seconds(fn, runs: int) -> float:
+    fn()  # warm-up: first-call allocations and kernel selection
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def videoar_call(pipe, num_frames=17, size=None, **kwargs):
+    size = size or pipe.video_tokenizer.config.sample_size
+    return lambda: pipe(
+        PROMPT, num_frames=num_frames, height=size, width=size, guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs,
+    )  # fmt: skip
+
+
+def count_steps(pipe) -> list:
+    calls = []
+    pipe.transformer.layers[0].register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+# ---------------------------------------------------------------- sections
+
+
+def steps_section() -> dict:
+    """Forward passes per video, counted with a hook on the first layer."""
+    out = {}
+    for name, tokenizer_config, num_frames in (("shipped", SHIPPED_TOKENIZER, 17), ("ucf101", UCF_TOKENIZER, 17)):
+        pipe = random_pipeline(tokenizer_config, dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2))
+        calls = count_steps(pipe)
+        videoar_call(pipe, num_frames)()
+        videoar_passes = len(calls)
+        calls.clear()
+        size = tokenizer_config["sample_size"]
+        _, next_token_passes = next_token_generate(pipe, PROMPT, num_frames, size, size)
+        assert len(calls) == next_token_passes
+        out[name] = dict(videoar=videoar_passes, next_token=next_token_passes, ratio=next_token_passes / videoar_passes)
+    return out
+
+
+def speed_section(runs: int) -> dict:
+    """Seconds per 17-frame video: VideoARPipeline against a next-token decode with the same transformer."""
+    out = {}
+    for name, fields in SIZES.items():
+        pipe = random_pipeline(SHIPPED_TOKENIZER, fields)
+        videoar_s = median_seconds(videoar_call(pipe), runs)
+        next_token_s = median_seconds(lambda: next_token_generate(pipe, PROMPT, 17, 64, 64), max(1, runs // 2))
+        params = sum(p.numel() for p in pipe.transformer.parameters())
+        out[name] = dict(params_m=params / 1e6, videoar_s=videoar_s, next_token_s=next_token_s,
+                         ratio=next_token_s / videoar_s)  # fmt: skip
+    return out
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, runs: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / median_seconds(lambda: a @ b, runs)
+
+
+@contextlib.contextmanager
+def timed(obj, name: str, totals: dict, key: str):
+    """Add the seconds spent in `obj.name(...)` to `totals[key]` while inside."""
+    original = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
+
+    setattr(obj, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(obj, name, original) if name not in vars(type(obj)) else delattr(obj, name)
+
+
+def transformer_flops(pipe, num_frames: int = 17) -> float:
+    """FLOPs of the transformer's passes for one video with CFG: 2 per multiply-add of every linear layer, plus the
+    attention scores and their weighted sum over the tokens each query sees."""
+    config = pipe.transformer.config
+    f = pipe.video_tokenizer.config.spatial_compression_ratio
+    size = pipe.video_tokenizer.config.sample_size // f
+    layer_params = sum(p.numel() for p in pipe.transformer.layers[0].parameters() if p.ndim == 2)
+    text_tokens = len(pipe.tokenizer(PROMPT).input_ids)
+    seen, tokens = text_tokens, text_tokens
+    attention = 0.0
+    for _ in range(pipe.video_tokenizer.num_latent_frames(num_frames)):
+        for h, w in pipe.transformer.scale_sizes(size, size):
+            seen += h * w
+            tokens += h * w
+            attention += 4 * h * w * seen * config.hidden_size
+    per_sample = config.num_hidden_layers * (2 * layer_params * tokens + attention)
+    per_sample += 2 * (tokens - text_tokens) * config.hidden_size * config.latent_bits  # the bit head
+    return 2 * per_sample  # the conditional and unconditional halves
+
+
+def peak_section(runs: int) -> dict:
+    """Achieved FLOP/s of the mid-size transformer while sampling, against this machine's matmul peak, and where a
+    video's time goes."""
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    pipe = random_pipeline(SHIPPED_TOKENIZER, SIZES["mid"])
+    call = videoar_call(pipe)
+    call()
+    totals: dict = {}
+    from videoar_hf import pipeline_videoar
+
+    with (
+        timed(pipe.transformer, "step", totals, "transformer"),
+        timed(pipeline_videoar, "sample_bits", totals, "sampling"),
+        timed(pipe.video_tokenizer, "decode", totals, "tokenizer_decode"),
+        timed(pipe, "encode_prompt", totals, "text_encoder"),
+    ):
+        start = time.perf_counter()
+        for _ in range(runs):
+            call()
+        total = (time.perf_counter() - start) / runs
+    split = {k: v / runs for k, v in totals.items()}
+    split["other (python, cache, mask)"] = total - sum(split.values())
+    achieved = transformer_flops(pipe) / split["transformer"]
+    return dict(
+        matmul_peak_gflops={k: v / 1e9 for k, v in peaks.items()},
+        transformer_gflops=achieved / 1e9,
+        share_of_fp32_peak=achieved / peaks["fp32"],
+        seconds_per_video=total,
+        split_seconds=split,
+    )
+
+
+class PeakRSS:
+    """Highest resident memory above the level at entry, sampled every 2 ms in a thread."""
+
+    def __enter__(self):
+        self.process, self.running = psutil.Process(), True
+        self.base = self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.mb = (self.peak - self.base) / 2**20
+
+
+def growth_section(window: int = 2, frame_counts=(17, 33, 65, 129)) -> dict:
+    """Time per frame and peak memory against the number of frames, with full context and with a window of
+    `window` past latent frames (the Random Frame Mask's window applied at inference; the KV cache drops the rest)."""
+    out = {}
+    for mode in ("full", "window"):
+        pipe = random_pipeline(SHIPPED_TOKENIZER, SIZES["shipped"])
+        pipe.transformer.config.frame_mask_window = window if mode == "window" else None
+        rows = []
+        for num_frames in frame_counts:
+            call = videoar_call(pipe, num_frames, decode_chunk_size=1 if mode == "window" else None)
+            seconds = median_seconds(call, 1)
+            with PeakRSS() as memory:
+                call()
+            rows.append(dict(frames=num_frames, seconds=seconds, seconds_per_frame=seconds / num_frames,
+                             peak_mb=memory.mb))  # fmt: skip
+        out[mode] = rows
+    return out
+
+
+def tokenizer_section(runs: int) -> dict:
+    """Frames per second of the shipped-size tokenizer on a 17x64x64 clip: encoding, one-shot decoding, and causal
+    decoding one latent frame at a time (what streaming does)."""
+    tokenizer = VideoARTokenizer(**SHIPPED_TOKENIZER).eval()
+    video = torch.rand(1, 3, 17, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        features = tokenizer.quantize(tokenizer.encode(video).latents).features
+        seconds = {
+            "encode": median_seconds(lambda: tokenizer.encode(video), runs),
+            "decode_one_shot": median_seconds(lambda: tokenizer.decode(features), runs),
+            "decode_chunked": median_seconds(lambda: tokenizer.decode(features, chunk_size=1), runs),
+        }
+    return {k: 17 / v for k, v in seconds.items()}
+
+
+def levers_section(runs: int) -> dict:
+    """Seconds per 17-frame video at the mid size: SDPA against eager attention, bf16 against fp32, and
+    torch.compile of the transformer's layers."""
+    out = {}
+    pipe = random_pipeline(SHIPPED_TOKENIZER, SIZES["mid"])
+    out["sdpa_fp32"] = median_seconds(videoar_call(pipe), runs)
+    pipe.transformer.set_attn_implementation("eager")
+    out["eager_fp32"] = median_seconds(videoar_call(pipe), runs)
+    pipe.transformer.set_attn_implementation("sdpa")
+    pipe.to(dtype=torch.bfloat16)
+    out["sdpa_bf16"] = median_seconds(videoar_call(pipe), runs)
+    pipe.to(dtype=torch.float32)
+    try:
+        for layer in pipe.transformer.layers:
+            layer.compile(dynamic=True)
+        out["sdpa_fp32_compiled"] = median_seconds(videoar_call(pipe), runs)
+    except Exception as error:  # no compiler toolchain, or an op inductor cannot take
+        out["sdpa_fp32_compiled"] = f"failed: {type(error).__name__}: {str(error)[:200]}"
+    return out
+
+
+def shipped_speed_section(runs: int) -> dict:
+    from videoar_hf import shipped_model_path
+
+    pipe = VideoARPipeline.from_pretrained(shipped_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    return {"seconds_per_video": median_seconds(videoar_call(pipe), runs)}
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdicts(results: dict) -> list[tuple[str, str, str, bool]]:
+    """(line, measured, target, passed) per target."""
+    lines = []
+
+    def add(name, value, target, at_least, unit="x"):
+        passed = value >= target if at_least else value <= target
+        lines.append((name, f"{value:.2f}{unit}", f"{'>=' if at_least else '<='} {target}{unit}", passed))
+
+    add("steps, UCF-101 setting: next-token / VideoAR passes", results["steps"]["ucf101"]["ratio"],
+        TARGETS["steps_ucf"], True)  # fmt: skip
+    add("speed vs next-token AR, shipped size", results["speed"]["shipped"]["ratio"], TARGETS["speed_shipped"], True)
+    add("speed vs next-token AR, ~100M", results["speed"]["mid"]["ratio"], TARGETS["speed_mid"], True)
+    add("transformer share of fp32 matmul peak, ~100M", results["peak"]["share_of_fp32_peak"],
+        TARGETS["peak_share_mid"], True, unit="")  # fmt: skip
+    window = results["growth"]["window"]
+    add("growth with window: time per frame 129 / 17", window[-1]["seconds_per_frame"] / window[0]["seconds_per_frame"],
+        TARGETS["growth_time"], False)  # fmt: skip
+    add("growth with window: peak memory 129 / 17", max(window[-1]["peak_mb"], 1) / max(window[0]["peak_mb"], 1),
+        TARGETS["growth_memory"], False)  # fmt: skip
+    add("shipped model: seconds per 17x64x64 video", results["shipped"]["seconds_per_video"],
+        TARGETS["shipped_seconds"], False, unit=" s")  # fmt: skip
+    return lines
+
+
+def markdown(results: dict) -> str:
+    rows = ["| target | measured | needed | result |", "|---|---|---|---|"]
+    rows += [f"| {n} | {m} | {t} | {'PASS' if ok else 'FAIL'} |" for n, m, t, ok in verdicts(results)]
+    rows += ["| speed vs a 50-step Wan diffusion pipeline | not measured yet | >= 5x | — |"]
+    speed = results["speed"]
+    detail = [
+        "",
+        f"Steps: shipped {results['steps']['shipped']['videoar']} vs {results['steps']['shipped']['next_token']}, "
+        f"UCF-101 setting {results['steps']['ucf101']['videoar']} vs {results['steps']['ucf101']['next_token']}.",
+        *(f"Speed, {k} ({v['params_m']:.1f}M): VideoAR {v['videoar_s']:.2f} s, next-token {v['next_token_s']:.2f} s."
+          for k, v in speed.items()),  # fmt: skip
+        "Time split at ~100M (s per video): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in results["peak"]["split_seconds"].items())
+        + f"; matmul peak fp32 {results['peak']['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
+        f"{results['peak']['matmul_peak_gflops']['bf16']:.0f}; transformer {results['peak']['transformer_gflops']:.1f}.",
+        "Tokenizer (frames/s, 17x64x64): " + ", ".join(f"{k} {v:.0f}" for k, v in results["tokenizer"].items()) + ".",
+        "Levers at ~100M (s per video): "
+        + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results["levers"].items())
+        + ".",
+        f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
+    ]
+    return "\n".join(rows + detail) + "\n"
+
+
+def plot_growth(growth: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for mode, rows in growth.items():
+        frames = [r["frames"] for r in rows]
+        ax_time.plot(frames, [1000 * r["seconds_per_frame"] for r in rows], "o-", label=mode)
+        ax_memory.plot(frames, [r["peak_mb"] for r in rows], "o-", label=mode)
+    ax_time.set(xlabel="frames", ylabel="ms per frame", title="time per frame")
+    ax_memory.set(xlabel="frames", ylabel="peak RSS above start (MB)", title="peak memory")
+    for ax in (ax_time, ax_memory):
+        ax.set_xscale("log", base=2)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--runs", type=int, default=3, help="Timed runs per measurement (the median is kept).")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}.")
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, section in (
+        ("steps", steps_section),
+        ("speed", lambda: speed_section(args.runs)),
+        ("shipped", lambda: shipped_speed_section(args.runs)),
+        ("tokenizer", lambda: tokenizer_section(args.runs)),
+        ("growth", growth_section),
+        ("peak", lambda: peak_section(args.runs)),
+        ("levers", lambda: levers_section(args.runs)),
+    ):
+        start = time.perf_counter()
+        results[name] = section()
+        print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    (output / "results.json").write_text(json.dumps(results, indent=2))
+    (output / "results.md").write_text(markdown(results))
+    plot_growth(results["growth"], output / "growth.png")
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
