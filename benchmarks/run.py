@@ -396,7 +396,6 @@ def markdown(results: dict) -> str:
     rows += [f"| {n} | {m} | {t} | {'PASS' if ok else 'FAIL'} |" for n, m, t, ok in verdicts(results)]
     speed = results["speed"]
     detail = [
-        "",
         f"Steps: shipped {results['steps']['shipped']['videoar']} vs {results['steps']['shipped']['next_token']}, "
         f"UCF-101 setting {results['steps']['ucf101']['videoar']} vs {results['steps']['ucf101']['next_token']}.",
         *(f"Speed, {k} ({v['params_m']:.1f}M): VideoAR {v['videoar_s']:.2f} s, next-token {v['next_token_s']:.2f} s."
@@ -413,7 +412,7 @@ def markdown(results: dict) -> str:
         + ".",
         f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
     ]
-    return "\n".join(rows + detail) + "\n"
+    return "\n".join(rows + [""] + [f"- {line}" for line in detail]) + "\n"
 
 
 def plot_growth(growth: dict, path: Path) -> None:
