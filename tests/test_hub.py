@@ -82,3 +82,9 @@ def test_push_refuses_an_unfused_lora_and_bad_repo_ids(tiny_pipe, api, tmp_path)
     with pytest.raises(ValueError, match="fuse_lora"):
         tiny_pipe.push_to_hub("org/with-lora", api=api)
     assert api.calls == []
+
+
+def test_a_model_card_that_is_neither_a_file_nor_card_text(tiny_pipe, api):
+    with pytest.raises(ValueError, match="model_card"):
+        tiny_pipe.push_to_hub("org/x", model_card="just some words", api=api)
+    assert api.calls == []

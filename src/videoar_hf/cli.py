@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = commands.add_parser("app", help="Run the Gradio demo (the Space) locally.")
     app.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
-    app.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1, this machine only).")
+    app.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: 127.0.0.1, this machine).")
     app.add_argument("--port", type=int, default=7860, help="Port (default: 7860).")
     return parser
 
@@ -186,7 +186,8 @@ def _read_conditioning(args, temporal_compression: int):
 
 
 def _stream(pipe, prompt: str, options: dict):
-    """The video's frames, gathered from `pipe.stream`, with a line on stderr as each latent frame's arrive."""
+    """The video's frames, gathered from `pipe.stream`, with a line on stderr as each latent frame's pixel frames
+    arrive."""
     import numpy as np
 
     chunks, done = [], 0

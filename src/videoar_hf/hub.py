@@ -76,4 +76,6 @@ def _load_card(card: str | os.PathLike) -> ModelCard:
         return ModelCard.load(card)
     if isinstance(card, str) and card.lstrip().startswith("---"):
         return ModelCard(card)
-    raise ValueError(f"`model_card` must be a ModelCard, a card file or a card's text (starting with ---), got {card!r}.")
+    raise ValueError(
+        f"`model_card` must be a ModelCard, a card file or a card's text (starting with ---), got {card!r}."
+    )
