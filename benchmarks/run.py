@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import torch
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from next_token_baseline import next_token_generate  # noqa: E402
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer  # noqa: E402
+from videoar_hf import pipeline_videoar  # noqa: E402
 from videoar_hf.testing_utils import tiny_text_encoder  # noqa: E402
 
 PROMPT = "a red circle moving left"
@@ -194,11 +196,8 @@ def timed(obj, name: str, totals: dict, key: str):
         finally:
             totals[key] = totals.get(key, 0.0) + time.perf_counter() - start
 
-    setattr(obj, name, wrapper)
-    try:
+    with mock.patch.object(obj, name, wrapper):  # restores instances, classes and modules alike
         yield
-    finally:
-        setattr(obj, name, original) if name not in vars(type(obj)) else delattr(obj, name)
 
 
 def transformer_flops(pipe, num_frames: int = 17) -> float:
@@ -229,8 +228,6 @@ def peak_section(runs: int) -> dict:
     call = videoar_call(pipe)
     call()
     totals: dict = {}
-    from videoar_hf import pipeline_videoar
-
     with (
         timed(pipe.transformer, "step", totals, "transformer"),
         timed(pipeline_videoar, "sample_bits", totals, "sampling"),
