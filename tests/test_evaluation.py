@@ -20,6 +20,7 @@ from videoar_hf.evaluation import (
     held_out_suite,
     label_components,
     motion_direction,
+    nearest_colour,
     new_colour_suite,
     prompt_for,
     reference_clip,
@@ -88,7 +89,22 @@ def test_shapes_are_classified_down_to_their_smallest_distinct_size(shape):
 def test_orange_is_recognised_in_an_extended_palette():
     clip = render_clip("orange", "square", "up", size=10, speed=1.0, start=(30.0, 40.0), colours=ORANGE_PALETTE)
     assert analyse_clip(clip.video, palette=ORANGE_PALETTE).colour == "orange"
-    assert analyse_clip(clip.video).colour != "orange"  # the default palette has no orange to match
+    assert analyse_clip(clip.video).colour is None  # the default palette has no orange to match
+
+
+@pytest.mark.parametrize(
+    "rgb, expected",
+    [
+        ((0.45, 0.02, 0.0), "red"),  # dim, but plainly red
+        ((0.95, 0.9, 1.0), "white"),
+        ((1.0, 0.55, 0.05), "orange"),
+        ((0.55, 0.50, 0.36), None),  # the muddy grey-brown a bad decoder draws: nearest to orange, but not orange
+        ((0.50, 0.60, 0.31), None),  # olive
+        ((1.0, 0.5, 0.5), None),  # pink
+    ],
+)
+def test_colours_are_named_only_near_a_palette_colour(rgb, expected):
+    assert nearest_colour(np.array(rgb), ORANGE_PALETTE) == expected
 
 
 # ---------------------------------------------------------------- wrong clips score low

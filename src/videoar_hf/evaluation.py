@@ -3,7 +3,7 @@
 Frame analysis is plain numpy and deterministic. A pixel is foreground when its brightest channel exceeds
 `FOREGROUND_THRESHOLD`; objects are 8-connected foreground components of at least `MIN_OBJECT_AREA_FRACTION` of the
 frame, the largest one is the main object. Its colour is the median RGB of its pixels matched to the nearest palette
-colour; its shape comes from its bounding box (see `classify_shape`); the clip's motion from the main object's
+colour, within a tolerance (see `nearest_colour`); its shape comes from its bounding box (see `classify_shape`); the clip's motion from the main object's
 centroid track (see `motion_direction`). On real Shapes clips every attribute is exact down to the smallest objects
 drawn at 32x32 (5 px); the limits below that are in `classify_shape`.
 
@@ -36,6 +36,8 @@ FOREGROUND_THRESHOLD = 0.25
 MIN_OBJECT_AREA_FRACTION = 1 / 400
 # real triangles' centroids sit >= 0.083 of the box below its centre (1/6 when large); circles and squares at 0
 TRIANGLE_MIN_CENTROID_OFFSET = 0.05
+# after dividing by the brightest channel: half the distance from orange (1, 0.5, 0) to red or yellow
+COLOUR_TOLERANCE = 0.25
 # between the fullest real circle (0.889 at 6 px) and a square (1.0)
 SQUARE_MIN_FILL = 0.94
 # 3.2 px at 64x64: real clips travel >= 16 px at 64x64x17 and >= 4 px at 32x32x9
@@ -139,11 +141,20 @@ def label_components(mask_THW: np.ndarray) -> np.ndarray:
         labels = jumped
 
 
-def nearest_colour(rgb: np.ndarray, palette: Palette = COLOURS) -> str:
-    """The palette colour closest (Euclidean) to `rgb`, given in [0, 1]."""
+def nearest_colour(rgb: np.ndarray, palette: Palette = COLOURS) -> str | None:
+    """The palette colour closest to `rgb` (in [0, 1]) in hue and saturation, or None when none is closer than
+    `COLOUR_TOLERANCE`.
+
+    Both sides are divided by their brightest channel first, so a dim red is still red, while an in-between colour
+    (a muddy grey-brown between yellow, white and orange) is named nothing instead of its nearest neighbour.
+    """
     names = list(palette)
-    palette_rgb = np.array([palette[name] for name in names], dtype=np.float32) / 255
-    return names[int(np.argmin(np.linalg.norm(palette_rgb - rgb, axis=1)))]
+    palette_rgb = np.array([palette[name] for name in names], dtype=np.float32)
+    palette_rgb /= palette_rgb.max(axis=1, keepdims=True)
+    rgb = np.asarray(rgb, dtype=np.float32) / max(float(np.max(rgb)), 1e-6)
+    distances = np.linalg.norm(palette_rgb - rgb, axis=1)
+    nearest = int(np.argmin(distances))
+    return names[nearest] if distances[nearest] < COLOUR_TOLERANCE else None
 
 
 def classify_shape(mask: np.ndarray) -> str:
