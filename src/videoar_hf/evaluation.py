@@ -4,8 +4,8 @@ Frame analysis is plain numpy and deterministic. A pixel is foreground when its 
 `FOREGROUND_THRESHOLD`; objects are 8-connected foreground components of at least `MIN_OBJECT_AREA_FRACTION` of the
 frame, the largest one is the main object. Its colour is the median RGB of its pixels matched to the nearest palette
 colour within a tolerance (see `nearest_colour`); its shape comes from its bounding box (see `classify_shape`); the
-clip's motion from the main object's centroid track (see `motion_direction`). On real Shapes clips every attribute is exact down to the smallest objects
-drawn at 32x32 (5 px); the limits below that are in `classify_shape`.
+clip's motion from the main object's centroid track (see `motion_direction`). On real Shapes clips every attribute
+is exact down to the smallest objects drawn at 32x32 (5 px); the limits below that are in `classify_shape`.
 
 Suites use seeds no training run draws: the training data comes from `ShapesDataset(seed=--seed + stage)` (streams
 `[seed, index]`) and validation samples use `--seed + i`, all small numbers, while evaluation seeds start at 10_000.
