@@ -92,6 +92,7 @@ def model_card(args, base_model: str, history_path: Path, seconds: float) -> str
     dataset = args.dataset if args.dataset != "shapes" else (
         f"Shapes, {args.num_clips} clips, new colours {args.shapes_new_colours or 'none'}, "
         f"colours {args.shapes_colours or 'all'}"
+        + (f", {args.shapes_new_colour_share:.0%} of clips in the new colours" if args.shapes_new_colour_share else "")
     )  # fmt: skip
     return f"""---
 {data.to_yaml()}

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
+from videoar_hf.training_utils import build_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,14 @@ def test_resume_from_a_checkpoint_gives_the_same_adapter(base_model, tmp_path, m
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_new_colour_share_sets_how_many_clips_are_in_the_new_colours(base_model, tmp_path):
+    script = load_script()
+    args = script.parse_args(lora_args(base_model, tmp_path, "--shapes_new_colour_share", "0.25", "--shapes_colours",
+                                       "orange", "red", "blue", "--num_clips", "40"))  # fmt: skip
+    colours = [item["colour"] for item in build_dataset(args, "shapes", 32, 5, seed=0)]
+    assert colours.count("orange") == 10 and set(colours) == {"orange", "red", "blue"}
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -89,6 +98,8 @@ def test_resume_from_a_checkpoint_gives_the_same_adapter(base_model, tmp_path, m
         (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["--shapes_new_colours", "orange=300,0,0"], "--shapes_new_colours: a colour is NAME=R,G,B"),
         (["--shapes_colours", "purple"], "--shapes_colours ['purple'] are not in the palette"),
+        (["--shapes_new_colour_share", "1"], "--shapes_new_colour_share must be in (0, 1)"),
+        (["--shapes_new_colour_share", "0.5"], "needs both new and original colours"),
     ],
 )
 def test_bad_flags_stop_with_one_line(base_model, tmp_path, capsys, extra, message):

@@ -12,11 +12,13 @@ import random
 import re
 import shutil
 from dataclasses import MISSING, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch.utils.data import ConcatDataset
 
 from .atomic_directory import replace_directory
 
@@ -275,15 +277,23 @@ def build_dataset(args, source: str, resolution: int, num_frames: int, seed: int
     """`"shapes"` (the synthetic dataset, held-out triples excluded unless `--include_held_out`) or any source
     `load_video_dataset` reads: a videofolder, a saved `datasets` folder, a Hub dataset."""
     if source == "shapes":
-        from .shapes import HELD_OUT_TRIPLES, ShapesDataset, training_triples
+        from .shapes import COLOURS, HELD_OUT_TRIPLES, ShapesDataset, training_triples
 
         palette = shapes_palette(args)
         held_out = () if args.include_held_out else HELD_OUT_TRIPLES
         triples = [t for t in training_triples(held_out, palette) if t.colour in (args.shapes_colours or palette)]
-        return ShapesDataset(
-            args.num_clips, seed=seed, triples=triples, num_frames=num_frames, resolution=resolution, colours=palette,
-            held_out=held_out,
-        )  # fmt: skip
+        part = partial(ShapesDataset, num_frames=num_frames, resolution=resolution, colours=palette, held_out=held_out)
+        if args.shapes_new_colour_share is None:
+            return part(args.num_clips, seed=seed, triples=triples)
+        # a fixed share of new-colour clips, so a LoRA learns them without forgetting the rest; each part its own seed
+        new_colours = palette.keys() - COLOURS.keys()
+        num_new = round(args.shapes_new_colour_share * args.num_clips)
+        parts = [
+            part(count, seed=part_seed, triples=[t for t in triples if (t.colour in new_colours) == is_new])
+            for count, part_seed, is_new in ((num_new, seed, True), (args.num_clips - num_new, seed + 2**31, False))
+            if count
+        ]
+        return ConcatDataset(parts)
     from .video_data import load_video_dataset
 
     extra = {"name": args.dataset_config_name} if args.dataset_config_name else {}
@@ -366,6 +376,7 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     data.add_argument("--num_clips", type=int, default=2048, help="Shapes only: clips per epoch.")
     data.add_argument("--include_held_out", action="store_true", help="Shapes only: also train on the held-out (colour, shape, motion) triples.")
     data.add_argument("--shapes_new_colours", nargs="+", default=[], metavar="NAME=R,G,B", help="Shapes only: colours added to the palette, e.g. orange=255,128,0.")
+    data.add_argument("--shapes_new_colour_share", type=float, default=None, metavar="P", help="Shapes only: the share of clips in the new colours, the rest in the original ones (default: every triple equally likely).")
     data.add_argument("--shapes_colours", nargs="+", default=None, metavar="NAME", help="Shapes only: train on these colours of the palette alone (default: all).")
     data.add_argument("--fps", type=float, default=8.0, help="Frame rate clips are sampled at from real videos.")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
@@ -417,6 +428,16 @@ def check_training_args(parser, args) -> None:
     unknown = sorted(set(args.shapes_colours or ()) - set(palette))
     if unknown:
         parser.error(f"--shapes_colours {unknown} are not in the palette {list(palette)}; add them with --shapes_new_colours.")
+    if (share := args.shapes_new_colour_share) is not None:
+        from .shapes import COLOURS
+
+        if not args.shapes_new_colours:
+            parser.error("--shapes_new_colour_share needs --shapes_new_colours.")
+        if not 0 < share < 1:
+            parser.error(f"--shapes_new_colour_share must be in (0, 1), got {share}; leave it out to draw colours evenly.")
+        colours, new_colours = set(args.shapes_colours or palette), palette.keys() - COLOURS.keys()
+        if not colours & new_colours or not colours - new_colours:
+            parser.error("--shapes_new_colour_share needs both new and original colours in --shapes_colours.")
 
 
 def build_stages(args) -> list[Stage]:
