@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -226,7 +227,10 @@ def test_dtype_puts_every_component_in_one_dtype(tiny_pipe, tmp_path, dtype_kwar
 
 def test_save_is_atomic(tiny_pipe, tmp_path, monkeypatch):
     target = tmp_path / "pipe"
+    umask = os.umask(0)
+    os.umask(umask)
     tiny_pipe.save_pretrained(target)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask, "the folder gets the user's usual permissions, not 0700"
     before = sorted(p.relative_to(target) for p in target.rglob("*"))
 
     def crash(*args, **kwargs):

@@ -17,6 +17,7 @@ def atomic_directory(target: str | os.PathLike):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(tmp, under_umask(0o777))  # mkdtemp makes it 0700, which would hide the saved folder from other users
     try:
         yield tmp
     except BaseException:
@@ -35,3 +36,10 @@ def replace_directory(source: str | os.PathLike, target: str | os.PathLike) -> N
         shutil.rmtree(backup, ignore_errors=True)
     else:
         os.rename(source, target)
+
+
+def under_umask(mode: int) -> int:
+    """`mode` as the user's umask leaves it for a new path; `mkstemp` and `mkdtemp` ignore the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask

@@ -6,6 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .atomic_directory import under_umask
+
 VIDEO_EXTENSIONS = (".mp4", ".gif")
 
 
@@ -155,9 +157,7 @@ def _write_video(frames, output: Path, fps: int) -> None:
             export_to_gif([PIL.Image.fromarray((frame * 255).round().astype("uint8")) for frame in frames], tmp, fps=fps)
         else:
             export_to_video(list(frames), tmp, fps=fps)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual permissions
+        os.chmod(tmp, under_umask(0o666))  # mkstemp creates 0600; give the file the user's usual permissions
         os.replace(tmp, output)
     finally:
         if os.path.exists(tmp):
