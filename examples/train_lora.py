@@ -82,6 +82,8 @@ def lora_config(args) -> LoraConfig:
 def model_card(args, base_model: str, history_path: Path, seconds: float) -> str:
     """The adapter's README: what it adapts, how it was trained, how to use it."""
     load = f'"{args.pretrained_model}"' if args.pretrained_model else "shipped_model_path()"
+    imports = "VideoARPipeline" + ("" if args.pretrained_model else ", shipped_model_path")
+    prompt = (args.validation_prompts or ["a red circle moving left"])[0]
     model_flag = f" --model {args.pretrained_model}" if args.pretrained_model else ""
     losses = [r["loss"] for r in json.loads(history_path.read_text())]
     is_hub_id = base_model.count("/") == 1 and not Path(base_model).exists()
@@ -113,14 +115,14 @@ A LoRA adapter on the transformer of `{base_model}`, trained with `examples/trai
 | training time | {seconds / 60:.1f} min |
 
 ```python
-from videoar_hf import VideoARPipeline, shipped_model_path
+from videoar_hf import {imports}
 
 pipe = VideoARPipeline.from_pretrained({load})
 pipe.load_lora_weights("path/to/this/adapter", adapter_name="lora")
-video = pipe("a red circle moving left").frames[0]
+video = pipe("{prompt}").frames[0]
 ```
 
-Or: `videoar generate "a red circle moving left"{model_flag} --lora path/to/this/adapter:1.0`.
+Or: `videoar generate "{prompt}"{model_flag} --lora path/to/this/adapter:1.0`.
 """
 
 

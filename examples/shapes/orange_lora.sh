@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The LoRA demonstration: teach the shipped VideoAR-Shapes model a colour it has never seen, orange (255, 128, 0), from
-# 64 Shapes clips (half orange; half the original colours, so that those are not forgotten), and measure prompts of
-# orange and of the original colours before and after with `videoar eval`.
+# 64 Shapes clips (three quarters orange; the rest in the original colours, so that those are not forgotten), and
+# measure prompts of orange and of the original colours before and after with `videoar eval`.
 # CPU, fixed seeds; re-running continues from the last checkpoint.
 #   bash examples/shapes/orange_lora.sh [work_dir] [base_pipeline_folder]
 set -euo pipefail
@@ -12,8 +12,8 @@ if [ -n "${2:-}" ]; then base=(--model "$2"); train_base=(--pretrained_model "$2
 orange=orange=255,128,0
 
 [ -d "$work/adapter" ] || python "$root/examples/train_lora.py" "${train_base[@]}" --dataset shapes \
-  --shapes_new_colours "$orange" --shapes_new_colour_share 0.5 --num_clips 64 --precompute --max_train_steps 300 \
-  --train_batch_size 8 --learning_rate 2e-3 --lr_warmup_steps 20 --rank 8 --seed 0 --mixed_precision bf16 \
+  --shapes_new_colours "$orange" --shapes_new_colour_share 0.75 --num_clips 64 --precompute --max_train_steps 600 \
+  --train_batch_size 8 --learning_rate 2e-3 --lr_warmup_steps 20 --rank 16 --seed 0 --mixed_precision bf16 \
   --report_to tensorboard --checkpointing_steps 100 --resume_from_checkpoint latest \
   --validation_prompts "an orange circle moving left" --output_dir "$work"
 videoar eval "${base[@]}" --new-colours "$orange" --suites train new_colours -o "$work/eval_base"

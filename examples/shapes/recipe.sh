@@ -13,8 +13,10 @@ tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipli
 transformer_config='{"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}'
 common=(--dataset shapes --seed 0 --mixed_precision bf16 --report_to tensorboard --resume_from_checkpoint latest)
 
+# 30 % of the clips recoloured by a random channel mix, so that the decoder can draw colours beyond the palette
+# (a LoRA can then teach one, e.g. orange)
 tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_decay 0 --checkpointing_steps 250
-  --logging_steps 50)
+  --logging_steps 50 --colour_mix_prob 0.3)
 [ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
   --tokenizer_config "$tokenizer_config" --stages "$here/stages_tokenizer_stills.yaml" --output_dir "$work/tokenizer_stills"
 [ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
@@ -25,8 +27,15 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
 [ -d "$work/tokenizer_decoder/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
   --pretrained_tokenizer "$work/tokenizer/tokenizer" --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" \
   --output_dir "$work/tokenizer_decoder"
+# then twice more, with fewer recoloured clips and at last an EMA of the weights, to win back PSNR on the palette
+[ -d "$work/tokenizer_decoder2/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --seed 1 --colour_mix_prob 0.15 --pretrained_tokenizer "$work/tokenizer_decoder/tokenizer" --train_decoder_only \
+  --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_decoder2"
+[ -d "$work/tokenizer_decoder3/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --seed 2 --colour_mix_prob 0.1 --use_ema --ema_decay 0.998 --pretrained_tokenizer "$work/tokenizer_decoder2/tokenizer" \
+  --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_decoder3"
 
-transformer=(--precompute --tokenizer "$work/tokenizer_decoder/tokenizer" --text_encoder "$text_encoder" --checkpointing_steps 250
+transformer=(--precompute --tokenizer "$work/tokenizer_decoder3/tokenizer" --text_encoder "$text_encoder" --checkpointing_steps 250
   --logging_steps 25)
 [ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
   --num_clips 3072 --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
