@@ -23,19 +23,18 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
   --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$here/stages_tokenizer_video.yaml" \
   --output_dir "$work/tokenizer"
 
-# the decoder alone on full clips: the encoder, and so every latent below, stays as it is
-[ -d "$work/tokenizer_decoder/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer/tokenizer" --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" \
-  --output_dir "$work/tokenizer_decoder"
-# then twice more, with fewer recoloured clips and at last an EMA of the weights, to win back PSNR on the palette
-[ -d "$work/tokenizer_decoder2/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --seed 1 --colour_mix_prob 0.15 --pretrained_tokenizer "$work/tokenizer_decoder/tokenizer" --train_decoder_only \
-  --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_decoder2"
-[ -d "$work/tokenizer_decoder3/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --seed 2 --colour_mix_prob 0.1 --use_ema --ema_decay 0.998 --pretrained_tokenizer "$work/tokenizer_decoder2/tokenizer" \
-  --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_decoder3"
+# the decoder alone on full clips, twice: the encoder, and so every latent below, stays as it is; fewer recoloured
+# clips the second time win back PSNR on the palette
+decoder="$work/tokenizer/tokenizer"
+for run in "decoder 0 0.3" "decoder2 1 0.15"; do
+  read -r name seed mix <<< "$run"
+  [ -d "$work/tokenizer_$name/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+    --seed "$seed" --colour_mix_prob "$mix" --pretrained_tokenizer "$decoder" \
+    --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_$name"
+  decoder="$work/tokenizer_$name/tokenizer"
+done
 
-transformer=(--precompute --tokenizer "$work/tokenizer_decoder3/tokenizer" --text_encoder "$text_encoder" --checkpointing_steps 250
+transformer=(--precompute --tokenizer "$decoder" --text_encoder "$text_encoder" --checkpointing_steps 250
   --logging_steps 25)
 [ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
   --num_clips 3072 --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
