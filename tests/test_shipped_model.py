@@ -41,10 +41,11 @@ def test_it_follows_the_prompt_s_colour_and_motion(shipped):
     assert sum(c["motion"] for c in correct) >= 3 and sum(c["colour"] for c in correct) >= 2, result["samples"]
 
 
-def test_the_orange_lora_teaches_it_orange_and_unloads(shipped):
+def test_the_orange_lora_teaches_it_orange(shipped):
     # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 0 % -> 84 %): a colour the base never saw
     palette = {**COLOURS, "orange": (255, 128, 0)}
-    triples = [Triple("orange", shape, motion) for shape, motion in (("circle", "right"), ("triangle", "up"), ("square", "down"))]
+    cases = (("circle", "right"), ("triangle", "up"), ("square", "down"))
+    triples = [Triple("orange", shape, motion) for shape, motion in cases]
 
     def orange_hits() -> int:
         result = evaluate_pipeline(shipped, triples=triples, seeds=[5, 6, 7], palette=palette, progress=False)
