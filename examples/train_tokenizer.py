@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     losses.add_argument("--l1_weight", type=float, default=1.0, help="L1 reconstruction weight.")
     losses.add_argument("--l2_weight", type=float, default=1.0, help="L2 reconstruction weight.")
     losses.add_argument("--foreground_weight", type=float, default=0.0, help="Extra L1/L2 weight on pixels unlike their frame's median colour, for sparse data (one object on a plain background); 0 turns it off.")
+    losses.add_argument("--foreground_dilation", type=int, default=0, help="Pixels by which --foreground_weight reaches past the object's edge, so both sides of the edge weigh alike (no halo); 0 weighs the object alone.")
     losses.add_argument("--commitment_weight", type=float, default=0.25, help="Commitment weight (VQ-VAE / BSQ beta).")
     losses.add_argument("--entropy_weight", type=float, default=0.01, help="BSQ entropy penalty weight.")
     losses.add_argument("--perceptual_model", default=None, help="Folder of a transformers vision backbone (safetensors) for the LPIPS-style loss.")
@@ -83,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             json.loads(args.tokenizer_config)
         except json.JSONDecodeError as error:
             parser.error(f"--tokenizer_config is not valid JSON: {error}")
-    for flag in ("gan_weight", "gan_start_step", "foreground_weight"):
+    for flag in ("gan_weight", "gan_start_step", "foreground_weight", "foreground_dilation"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
     if not 0 <= args.colour_mix_prob <= 1:
@@ -154,7 +155,8 @@ def main(args: argparse.Namespace) -> Path:
         tokenizer.encoder.requires_grad_(False)
     perceptual = PerceptualLoss.from_pretrained(args.perceptual_model) if args.perceptual_model else None
     loss_fn = TokenizerLoss(
-        l1_weight=args.l1_weight, l2_weight=args.l2_weight, foreground_weight=args.foreground_weight, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
+        l1_weight=args.l1_weight, l2_weight=args.l2_weight, foreground_weight=args.foreground_weight,
+        foreground_dilation=args.foreground_dilation, perceptual=perceptual, perceptual_weight=args.perceptual_weight,
         commitment_weight=args.commitment_weight, entropy_weight=args.entropy_weight, gan_weight=args.gan_weight,
         lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
     ).to(accelerator.device)  # fmt: skip

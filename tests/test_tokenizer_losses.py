@@ -67,6 +67,23 @@ def test_foreground_weight_counts_object_pixels_more():
     assert parts["l1"].item() == pytest.approx(l1.item()) and parts["l2"].item() == pytest.approx(l2.item())
 
 
+def test_foreground_dilation_weighs_both_sides_of_the_edge():
+    # a 2x2 red object in the first of two 6x6 frames, and a reconstruction that bleeds a one-pixel red halo around it
+    video = torch.full((1, 3, 2, 6, 6), -1.0)
+    video[0, 0, 0, 2:4, 2:4] = 1
+    mask = foreground_mask(video, dilation=1)
+    assert mask[0, 0, 0].sum() == 16 and mask[0, 0, 0, 1:5, 1:5].all(), "grown by one pixel on every side"
+    assert mask[0, 0, 1].sum() == 0, "each frame is grown alone"
+    halo = video.clone()
+    halo[0, 0, 0, 1:5, 1:5] = 1
+    plain, _ = reconstruction_losses(video, halo, foreground_weight=3.0)
+    dilated, _ = reconstruction_losses(video, halo, foreground_weight=3.0, foreground_dilation=1)
+    assert dilated.item() == pytest.approx(4 * plain.item()), "the halo costs 1 + 3 times, as falling short would"
+    loss_fn = TokenizerLoss(foreground_weight=3.0, foreground_dilation=1, gan_weight=0.0)
+    _, parts = loss_fn(video, halo, torch.zeros(1, BITS, 1, 1, 1), torch.zeros(()), step=0)
+    assert parts["l1"].item() == pytest.approx(dilated.item())
+
+
 def test_entropy_penalty_prefers_confident_balanced_bits():
     # 8 tokens; each bit is +-1 / sqrt(d), with every bit positive in exactly half of the tokens
     signs_Nd = torch.tensor([[(n >> (i % 3)) & 1 for i in range(BITS)] for n in range(8)]) * 2.0 - 1

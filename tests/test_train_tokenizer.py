@@ -126,6 +126,7 @@ def test_colour_mixing_recolours_some_clips_and_keeps_black():
         (["--init_from_2d", "weights.pth"], "--init_from_2d"),
         (["--gan_weight", "-1"], "--gan_weight"),
         (["--foreground_weight", "-0.5"], "--foreground_weight"),
+        (["--foreground_dilation", "-1"], "--foreground_dilation must be >= 0"),
         (["--reinflate"], "--reinflate needs --pretrained_tokenizer"),
         (["--train_decoder_only"], "--train_decoder_only needs --pretrained_tokenizer"),
         (["--tokenizer_config", "{bad json"], "--tokenizer_config"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, twice)
+"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, three times)
 and transformer loss (first and second run). A panel's runs follow each other on its step axis; runs whose
 `history.json` is missing are left out.
 
@@ -18,10 +18,14 @@ from videoar_hf.training_utils import LossHistory  # noqa: E402
 
 PANELS = (
     (("tokenizer_stills",), "psnr", "tokenizer, stills: PSNR (dB)"),
-    (("tokenizer", "tokenizer_decoder", "tokenizer_decoder2"), "psnr", "tokenizer, clips, then decoder: PSNR (dB)"),
+    (
+        ("tokenizer", "tokenizer_decoder", "tokenizer_decoder2", "tokenizer_decoder3"),
+        "psnr",
+        "tokenizer, clips, then decoder: PSNR (dB)",
+    ),
     (("transformer", "transformer_long"), "loss", "transformer: bitwise cross-entropy"),
 )
-COLOURS = ("tab:blue", "tab:orange", "tab:green")
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
 
 
 def smoothed(values: list[float], window: int = 25) -> list[float]:
