@@ -23,6 +23,7 @@ from videoar_hf.evaluation import (
     nearest_colour,
     new_colour_suite,
     prompt_for,
+    reconstruct_clip,
     reference_clip,
     run_evaluation,
     score_clip,
@@ -349,6 +350,9 @@ def test_tokenizer_psnr_matches_a_hand_computation():
     expected = np.mean([10 * math.log10(1 / np.mean(error**2)) for error in errors])
     assert tokenizer_psnr(IdentityTokenizer(offset=0.1), clips) == pytest.approx(expected, rel=1e-4)
     assert tokenizer_psnr(IdentityTokenizer(), clips) == MAX_PSNR
+    reconstruction = reconstruct_clip(IdentityTokenizer(offset=0.1), clips[0])
+    assert reconstruction.shape == clips[0].shape and reconstruction.dtype == np.float32
+    np.testing.assert_allclose(reconstruction, clips[0] / 255 + errors[0], atol=1e-6)
 
 
 def test_tokenizer_psnr_of_a_random_tokenizer_is_finite_and_low(pipe64):

@@ -10,6 +10,7 @@ from videoar_hf.evaluation import (
     analyse_clip,
     evaluate_pipeline,
     held_out_suite,
+    reconstruct_clip,
     reference_clip,
     tokenizer_psnr,
     train_suite,
@@ -53,14 +54,8 @@ def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
     # as squares after the round trip (the decoder shipped before it: 29.67 dB and none)
     tokenizer = shipped.video_tokenizer
     assert tokenizer_psnr(tokenizer, [reference_clip(*case).video for case in held_out_suite(2).cases]) >= 30
-
-    @torch.no_grad()
-    def round_trip(clip):  # uint8 (T, H, W, 3) -> float in [0, 1]
-        video = torch.from_numpy(clip).permute(3, 0, 1, 2)[None] / 127.5 - 1
-        return (tokenizer(video).sample[0].permute(1, 2, 3, 0).clamp(-1, 1).numpy() + 1) / 2
-
     squares = [reference_clip(*case).video for case in train_suite(48).cases if case[0].shape == "square"]
-    shapes = [analyse_clip(round_trip(clip)).shape for clip in squares]
+    shapes = [analyse_clip(reconstruct_clip(tokenizer, clip)).shape for clip in squares]
     assert len(squares) == 14 and shapes.count("square") >= 7, shapes
 
 

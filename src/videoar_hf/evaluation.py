@@ -362,6 +362,17 @@ def _as_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def reconstruct_clip(video_tokenizer, clip: np.ndarray) -> np.ndarray:
+    """A clip `(T, H, W, 3)` (uint8, or float in [0, 1]) through encode -> quantize -> decode, as float32 `(T, H, W,
+    3)` in [0, 1]: what the decoder makes of the clip's own tokens."""
+    video = torch.from_numpy(as_unit_float(clip)).permute(3, 0, 1, 2)[None] * 2 - 1  # (1, 3, T, H, W)
+    video = video.to(device=video_tokenizer.device, dtype=video_tokenizer.dtype)
+    features = video_tokenizer.quantize(video_tokenizer.encode(video).latents).features
+    reconstruction = (video_tokenizer.decode(features).sample[0].float().cpu() / 2 + 0.5).clamp(0, 1)
+    return reconstruction.permute(1, 2, 3, 0).numpy()
+
+
+@torch.no_grad()
 def tokenizer_psnr(video_tokenizer, clips: Sequence[np.ndarray]) -> float:
     """Mean PSNR in dB of clips `(T, H, W, 3)` (uint8, or float in [0, 1]) reconstructed through encode -> quantize
     -> decode, compared in [0, 1]; each clip's PSNR is capped at `MAX_PSNR`."""
@@ -369,11 +380,8 @@ def tokenizer_psnr(video_tokenizer, clips: Sequence[np.ndarray]) -> float:
 
 
 def _reconstruction_mse(video_tokenizer, clip: np.ndarray) -> float:
-    original = torch.from_numpy(as_unit_float(clip)).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
-    video = (original * 2 - 1).to(device=video_tokenizer.device, dtype=video_tokenizer.dtype)
-    features = video_tokenizer.quantize(video_tokenizer.encode(video).latents).features
-    reconstruction = (video_tokenizer.decode(features).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
-    return torch.mean((reconstruction - original) ** 2).item()
+    error = torch.from_numpy(reconstruct_clip(video_tokenizer, clip)) - torch.from_numpy(as_unit_float(clip))
+    return torch.mean(error**2).item()
 
 
 def _psnr(mse: float) -> float:
