@@ -22,7 +22,7 @@ extras = {
     "app": ["gradio>=5.0"],
 }
 # the tests cover training and the demo too (the browser test also needs Debian's chromium; .ci/run installs it)
-extras["test"] = ["pytest>=8", "pytest-timeout", "playwright", *extras["train"], *extras["app"]]
+extras["test"] = ["pytest>=8", "pytest-timeout", "playwright", "parameterized", *extras["train"], *extras["app"]]
 extras["dev"] = sorted({req for reqs in extras.values() for req in reqs})
 
 setup(

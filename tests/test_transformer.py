@@ -30,14 +30,14 @@ def make_clip(batch=2, frames=3, bits=8, grid=4, seed=0):
 
 
 def run_cached(model, pyramid, text, mask):
-    """Sample-time path: one `step` per (frame, scale) block, fed the teacher-forced inputs."""
+    """Sample-time path: one cached pass per (frame, scale) block, fed the teacher-forced inputs."""
     B, T = pyramid.scale_inputs[0].shape[:2]
     cache = model.init_cache(*pyramid.scale_inputs[-1].shape[2:4])
     logits = []
     for t in range(T):
         for k in range(len(SCHEDULE)):
             x = None if (t, k) == (0, 0) else pyramid.scale_inputs[k][:, t]
-            logits.append(model.step(cache, x, text, mask))
+            logits.append(model(x, text, mask, cache=cache).logits)
     return torch.cat(logits, dim=1)
 
 

@@ -1,22 +1,23 @@
-"""KV cache over (frame, scale) blocks for sampling."""
+"""KV cache over (frame, scale) blocks for sampling: a transformers `Cache` that also knows the token layout."""
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention_mask import TEXT_BLOCK
 
 
-class VideoARCache:
-    """Keys and values of every layer, plus what the block-causal mask needs to know about each cached token.
+class VideoARCache(Cache):
+    """Keys and values of every layer (transformers' `DynamicLayer`s, `update(key, value, layer_idx)` as usual), plus
+    what the block-causal mask needs to know about each cached token.
 
-    The cache also counts the blocks it holds, so `VideoARTransformer.step` always runs the next (frame, scale) in
-    order. A fresh cache is empty; the first step writes the text prefix and the first block together.
+    The cache also counts the blocks it holds, so `VideoARTransformer.forward(..., cache=cache)` always runs the next
+    (frame, scale) in order. A fresh cache is empty; the first call writes the text prefix and the first block together.
     """
 
     def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]]):
-        self.scale_sizes = list(scale_sizes)
+        super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
+        self.scale_sizes = [tuple(size) for size in scale_sizes]
         self.num_blocks = 0
-        self.keys: list[torch.Tensor | None] = [None] * num_layers
-        self.values: list[torch.Tensor | None] = [None] * num_layers
         self.token_blocks: torch.Tensor | None = None  # (M,) block index, TEXT_BLOCK for text
         self.token_frames: torch.Tensor | None = None  # (M,)
         self.token_valid: torch.Tensor | None = None  # (B, M), False on text padding
@@ -28,11 +29,11 @@ class VideoARCache:
 
     @property
     def next_block(self) -> tuple[int, int]:
-        """(frame, scale) of the block the next step runs."""
+        """(frame, scale) of the block the next call runs."""
         return divmod(self.num_blocks, len(self.scale_sizes))
 
     def append_tokens(self, blocks_N: torch.Tensor, frames_N: torch.Tensor, valid_BN: torch.Tensor) -> None:
-        """Record the tokens of one step (text prefix included on the first); counts as one block."""
+        """Record the tokens of one block (text prefix included on the first); counts as one block."""
         self.num_blocks += 1
         if self.is_empty:
             self.token_blocks, self.token_frames, self.token_valid = blocks_N, frames_N, valid_BN
@@ -52,13 +53,6 @@ class VideoARCache:
             return
         self.token_blocks, self.token_frames = self.token_blocks[keep_M], self.token_frames[keep_M]
         self.token_valid = self.token_valid[:, keep_M]
-        self.keys = [None if k is None else k[:, :, keep_M] for k in self.keys]
-        self.values = [None if v is None else v[:, :, keep_M] for v in self.values]
-
-    def update(self, layer_idx: int, key_BHNd: torch.Tensor, value_BHNd: torch.Tensor):
-        """Append one layer's new keys and values; return all of them."""
-        if self.keys[layer_idx] is not None:
-            key_BHNd = torch.cat([self.keys[layer_idx], key_BHNd], dim=2)
-            value_BHNd = torch.cat([self.values[layer_idx], value_BHNd], dim=2)
-        self.keys[layer_idx], self.values[layer_idx] = key_BHNd, value_BHNd
-        return key_BHNd, value_BHNd
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys[:, :, keep_M], layer.values[:, :, keep_M]

@@ -10,7 +10,9 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils.output_capturing import capture_outputs
 
 from .attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep, to_additive_mask
 from .cache import VideoARCache
@@ -24,11 +26,20 @@ from .scale_schedule import TokenLayout, get_scale_sizes
 class VideoARTransformerOutput(ModelOutput):
     """
     loss: mean bitwise binary cross-entropy over every token and bit, when `labels` are given.
-    logits: `(B, N, d)` one logit per bit of every video token, in sequence order (frame, scale, row, column).
+    logits: `(B, N, d)` one logit per bit of every video token of this pass, in sequence order (frame, scale, row,
+        column); in a cached pass, the `h_k * w_k` tokens of its block.
+    last_hidden_state: `(B, L + N, hidden_size)` the final-norm states of this pass, text prefix included (a cached pass
+        holds the text only on its first call).
+    cache: the `VideoARCache` a cached pass ran with, updated; `None` in a teacher-forced pass.
+    hidden_states, attentions: per layer, with `output_hidden_states` / `output_attentions` (eager attention).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    cache: VideoARCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class VideoARRMSNorm(nn.Module):
@@ -80,17 +91,17 @@ class VideoARAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def forward(self, x_BNC, position_embeddings, attention_mask, past_key_values: VideoARCache | None = None):
+    def forward(self, x_BNC, position_embeddings, attention_mask, cache: VideoARCache | None = None):
         B, N, _ = x_BNC.shape
         q, k, v = (proj(x_BNC).view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for proj in
                    (self.q_proj, self.k_proj, self.v_proj))
         q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
-        if past_key_values is not None:
-            k, v = past_key_values.update(self.layer_idx, k, v)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        out_BNHd, _ = attention_interface(
+        out_BNHd, attn_weights = attention_interface(
             self,
             q,
             k,
@@ -99,7 +110,7 @@ class VideoARAttention(nn.Module):
             dropout=self.config.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        return self.o_proj(out_BNHd.reshape(B, N, -1))
+        return self.o_proj(out_BNHd.reshape(B, N, -1)), attn_weights
 
 
 class VideoARDecoderLayer(GradientCheckpointingLayer):
@@ -110,8 +121,9 @@ class VideoARDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = VideoARMLP(config)
 
-    def forward(self, x_BNC, position_embeddings, attention_mask, past_key_values=None):
-        x_BNC = x_BNC + self.self_attn(self.input_layernorm(x_BNC), position_embeddings, attention_mask, past_key_values)
+    def forward(self, x_BNC, position_embeddings, attention_mask, cache=None):
+        attn_out, _ = self.self_attn(self.input_layernorm(x_BNC), position_embeddings, attention_mask, cache)
+        x_BNC = x_BNC + attn_out
         return x_BNC + self.mlp(self.post_attention_layernorm(x_BNC))
 
 
@@ -119,10 +131,13 @@ class VideoARPreTrainedModel(PreTrainedModel):
     config: VideoARConfig
     config_class = VideoARConfig
     base_model_prefix = "videoar"
+    main_input_name = "scale_inputs"
     supports_gradient_checkpointing = True
     _no_split_modules = ["VideoARDecoderLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = False  # the block mask is dense (a BlockMask is future work)
     _supports_attention_backend = True
+    _can_record_outputs = {"hidden_states": VideoARDecoderLayer, "attentions": VideoARAttention}
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -133,7 +148,11 @@ class VideoARPreTrainedModel(PreTrainedModel):
 class VideoARTransformer(VideoARPreTrainedModel):
     """Decoder over `[text prefix][frame 0: scales 1..K][frame 1: scales 1..K]...`.
 
-    `forward` is teacher-forced over a whole clip (training); `step` runs one block with a KV cache (sampling).
+    `forward` runs in one of two modes, both through the module's `__call__` (so hooks, offloading and
+    `torch.compile` see every pass):
+    - teacher-forced over a whole clip (training), without `cache`;
+    - one (frame, scale) block with a KV cache (sampling): pass `cache=init_cache(h, w)` on the first call and the
+      same cache after; it knows which block comes next.
     A block's input is its next-scale feature map (`ResidualQuantization.scale_inputs`) embedded by a linear layer
     plus a learned scale embedding; frame 0's first block is a learned start token (PAPER.md §3).
     """
@@ -151,6 +170,13 @@ class VideoARTransformer(VideoARPreTrainedModel):
         self.bit_head = nn.Linear(config.hidden_size, config.latent_bits)
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The projection of the bit features into the model width (the inputs are features, not token ids)."""
+        return self.input_proj
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.input_proj = value
+
     def scale_sizes(self, latent_height: int, latent_width: int) -> list[tuple[int, int]]:
         return get_scale_sizes(self.config.scale_schedule, latent_height, latent_width)
 
@@ -158,32 +184,50 @@ class VideoARTransformer(VideoARPreTrainedModel):
         """An empty KV cache for sampling a video on a `latent_height x latent_width` grid."""
         return VideoARCache(self.config.num_hidden_layers, self.scale_sizes(latent_height, latent_width))
 
+    @capture_outputs
     def forward(
         self,
-        scale_inputs: list[torch.Tensor],
-        text_hidden_states: torch.Tensor,
+        scale_inputs: torch.Tensor | list[torch.Tensor] | None = None,
+        text_hidden_states: torch.Tensor | None = None,
         text_attention_mask: torch.Tensor | None = None,
-        labels: list[torch.Tensor] | None = None,
+        labels: torch.Tensor | list[torch.Tensor] | None = None,
         frame_keep: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> VideoARTransformerOutput | tuple:
-        """Teacher-forced pass over a whole clip.
+        latent_size: tuple[int, int] | None = None,
+        cache: VideoARCache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> VideoARTransformerOutput:
+        """Teacher-forced over a whole clip, or one cached block.
 
         Args:
-            scale_inputs: per scale, `(B, T, h_k, w_k, d)` input features, as `ResidualQuantization.scale_inputs`.
-            text_hidden_states: `(B, L, text_hidden_size)` text encoder states.
+            scale_inputs: teacher-forced: per scale `(B, T, h_k, w_k, d)` input features as
+                `ResidualQuantization.scale_inputs`, or all of them packed `(B, N, d)` in sequence order
+                (`pack_scales`). Cached: the block's input `(B, h_k, w_k, d)` or `(B, h_k * w_k, d)`; `None` for the
+                first block, which is the start token.
+            text_hidden_states: `(B, L, text_hidden_size)` text encoder states (a cached pass needs them on its first
+                call only).
             text_attention_mask: `(B, L)`, 1 on real tokens and 0 on padding (right padding).
-            labels: per scale, `(B, T, h_k, w_k, d)` target bits; gives `loss`.
+            labels: target bits, per scale `(B, T, h_k, w_k, d)` or packed `(B, N, d)`; gives `loss`.
             frame_keep: `(B, T, T)` frames each frame may attend to. By default: the Random Frame Mask in training
                 (PAPER.md §6), the `frame_mask_window` otherwise.
+            latent_size: `(h, w)` latent grid of packed inputs; needed for a non-square grid (a square one is inferred
+                as the largest schedule side whose tokens per frame divide `N`).
+            cache: a `VideoARCache` (`init_cache(h, w)` makes an empty one): run its next (frame, scale) block and
+                append that block to it.
         """
-        B, T, H, W, _ = scale_inputs[-1].shape
-        scale_sizes = self.scale_sizes(H, W)
-        if [tuple(x.shape[2:4]) for x in scale_inputs] != scale_sizes:
-            raise ValueError(
-                f"`scale_inputs` have sizes {[tuple(x.shape[2:4]) for x in scale_inputs]}, but the scale schedule "
-                f"{self.config.scale_schedule} gives {scale_sizes} for a {H}x{W} latent grid."
-            )
+        if cache is not None and not isinstance(cache, VideoARCache):
+            raise ValueError(f"`cache` must be a `VideoARCache` (`init_cache`), got {type(cache).__name__}.")
+        if cache is not None:
+            return self._forward_cached_block(cache, scale_inputs, text_hidden_states, text_attention_mask)
+        return self._forward_teacher_forced(
+            scale_inputs, text_hidden_states, text_attention_mask, labels, frame_keep, latent_size
+        )
+
+    def _forward_teacher_forced(self, scale_inputs, text_hidden_states, text_attention_mask, labels, frame_keep,
+                                latent_size) -> VideoARTransformerOutput:  # fmt: skip
+        if text_hidden_states is None:
+            raise ValueError("A teacher-forced pass needs `text_hidden_states`.")
+        inputs_BNd, layout = self._pack_inputs(scale_inputs, latent_size)
+        B, T = inputs_BNd.shape[0], layout.num_frames
         if frame_keep is None and self.training and self.config.frame_mask_prob > 0:
             from .random_frame_mask import random_frame_keep  # training-only module
 
@@ -193,51 +237,44 @@ class VideoARTransformer(VideoARPreTrainedModel):
         elif frame_keep is None:
             frame_keep = frame_window_keep(B, T, self.config.frame_mask_window, device=self.device)
 
-        layout = TokenLayout(T, tuple(scale_sizes))
         text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
         coords_N4 = layout.token_coords().to(self.device)
-        video_BNC = self._embed_video(pack_scales(scale_inputs), coords_N4)
+        video_BNC = self._embed_video(inputs_BNd, coords_N4)
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
             text_BLC, text_valid_BL, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
         )
         mask = block_causal_mask(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
-        hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, mask)
-        logits_BNd = self.bit_head(self.norm(hidden_BNC[:, text_BLC.shape[1] :]))
+        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, mask))
+        logits_BNd = self.bit_head(hidden_BNC[:, text_BLC.shape[1] :])
 
         loss = None
         if labels is not None:
-            loss = F.binary_cross_entropy_with_logits(logits_BNd.float(), pack_scales(labels).float())
-        if not return_dict:
-            return (loss, logits_BNd) if loss is not None else (logits_BNd,)
-        return VideoARTransformerOutput(loss=loss, logits=logits_BNd)
+            labels_BNd = labels if torch.is_tensor(labels) else pack_scales(labels)
+            loss = F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.float())
+        return VideoARTransformerOutput(loss=loss, logits=logits_BNd, last_hidden_state=hidden_BNC)
 
-    def step(
-        self,
-        cache: VideoARCache,
-        scale_input: torch.Tensor | None = None,
-        text_hidden_states: torch.Tensor | None = None,
-        text_attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Run the cache's next block, one forward pass; return its logits `(B, h_k * w_k, d)`.
-
-        The first call takes the text prefix and the start block together (no input); every later call takes the
-        block's input features `(B, h_k, w_k, d)`.
-        """
+    def _forward_cached_block(self, cache: VideoARCache, scale_input, text_hidden_states, text_attention_mask):
         frame, scale = cache.next_block
         layout = TokenLayout(frame + 1, tuple(cache.scale_sizes))
         coords_N4 = layout.token_coords(range(frame, frame + 1), range(scale, scale + 1)).to(self.device)
         n = coords_N4.shape[0]
         if cache.is_empty:
             if text_hidden_states is None:
-                raise ValueError("The first `step` of a cache needs `text_hidden_states`.")
+                raise ValueError("The first cached pass needs `text_hidden_states`.")
             text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
             text_lengths_B = text_valid_BL.sum(-1)
             scale_input = torch.zeros(text_BLC.shape[0], n, self.config.latent_bits, device=self.device)  # start token
         else:
             if scale_input is None:
-                raise ValueError(f"`step` for frame {frame}, scale {scale} needs its `scale_input`.")
+                raise ValueError(f"The cached pass for frame {frame}, scale {scale} needs its `scale_inputs`.")
             text_BLC, text_valid_BL, text_lengths_B = None, None, cache.text_lengths
         B = text_lengths_B.shape[0]
+        if scale_input.shape[0] != B or scale_input[0].numel() != n * self.config.latent_bits:
+            h, w = cache.scale_sizes[scale]
+            raise ValueError(
+                f"`scale_inputs` for frame {frame}, scale {scale} must be ({B}, {h}, {w}, {self.config.latent_bits}) "
+                f"or ({B}, {n}, {self.config.latent_bits}), got {tuple(scale_input.shape)}."
+            )
         video_BNC = self._embed_video(scale_input.reshape(B, n, -1), coords_N4)
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
             text_BLC, text_valid_BL, text_lengths_B, video_BNC, coords_N4, layout
@@ -251,8 +288,37 @@ class VideoARTransformer(VideoARPreTrainedModel):
         mask = block_causal_mask(
             blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep
         )
-        hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, mask, cache)
-        return self.bit_head(self.norm(hidden_BNC[:, -n:]))
+        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, mask, cache))
+        return VideoARTransformerOutput(logits=self.bit_head(hidden_BNC[:, -n:]), last_hidden_state=hidden_BNC, cache=cache)
+
+    def _pack_inputs(self, scale_inputs, latent_size) -> tuple[torch.Tensor, TokenLayout]:
+        """Teacher-forced inputs as one `(B, N, d)` tensor, and the token layout they fill."""
+        if isinstance(scale_inputs, (list, tuple)):
+            B, T, H, W, _ = scale_inputs[-1].shape
+            layout = TokenLayout(T, tuple(self.scale_sizes(H, W)))
+            if [tuple(x.shape[2:4]) for x in scale_inputs] != list(layout.scale_sizes):
+                raise ValueError(
+                    f"`scale_inputs` have sizes {[tuple(x.shape[2:4]) for x in scale_inputs]}, but the scale schedule "
+                    f"{self.config.scale_schedule} gives {list(layout.scale_sizes)} for a {H}x{W} latent grid."
+                )
+            return pack_scales(scale_inputs), layout
+        if not torch.is_tensor(scale_inputs) or scale_inputs.ndim != 3 or scale_inputs.shape[-1] != self.config.latent_bits:
+            raise ValueError(
+                f"`scale_inputs` must be a list of per-scale (B, T, h_k, w_k, {self.config.latent_bits}) tensors or one "
+                f"packed (B, N, {self.config.latent_bits}) tensor, got "
+                f"{tuple(scale_inputs.shape) if torch.is_tensor(scale_inputs) else type(scale_inputs).__name__}."
+            )
+        N = scale_inputs.shape[1]
+        if latent_size is None:
+            sides = [s for s in self.config.scale_schedule if N % TokenLayout(1, tuple(self.scale_sizes(s, s))).num_tokens == 0]
+            latent_size = (sides[-1], sides[-1]) if sides else (0, 0)
+        tokens_per_frame = TokenLayout(1, tuple(self.scale_sizes(*latent_size))).num_tokens
+        if N == 0 or N % tokens_per_frame:
+            raise ValueError(
+                f"Packed `scale_inputs` hold {N} tokens, not a whole number of frames of {tokens_per_frame} tokens for "
+                f"the latent grid {latent_size}; pass `latent_size`."
+            )
+        return scale_inputs, TokenLayout(N // tokens_per_frame, tuple(self.scale_sizes(*latent_size)))
 
     def _embed_text(self, text_hidden_states, text_attention_mask):
         B, L, C = text_hidden_states.shape
@@ -301,5 +367,5 @@ class VideoARTransformer(VideoARPreTrainedModel):
         position_embeddings = self.rotary_emb(position_ids_BN3, hidden_BNC.dtype)
         attention_mask = to_additive_mask(mask_B1NM, hidden_BNC.dtype)
         for layer in self.layers:
-            hidden_BNC = layer(hidden_BNC, position_embeddings, attention_mask, past_key_values=cache)
+            hidden_BNC = layer(hidden_BNC, position_embeddings, attention_mask, cache=cache)
         return hidden_BNC

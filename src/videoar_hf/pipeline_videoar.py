@@ -318,7 +318,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             for frame in range(s.num_latent_frames):
                 for scale, size in enumerate(scale_sizes):
                     model_input = None if scale_input is None else torch.cat([scale_input] * (1 + s.do_cfg))
-                    logits = self.transformer.step(s.cache, model_input, s.text_states, s.text_mask).float()
+                    logits = self.transformer(model_input, s.text_states, s.text_mask, cache=s.cache).logits.float()
                     if s.do_cfg:
                         cond, uncond = logits.chunk(2)
                         logits = uncond + s.guidance_TK[frame, scale].item() * (cond - uncond)
