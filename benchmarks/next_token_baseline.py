@@ -28,7 +28,7 @@ def next_token_generate(
     finest = len(scale_sizes) - 1
     d = transformer.config.latent_bits
 
-    text_states, text_mask = pipe.encode_prompt([prompt, ""], None, device)  # conditional and unconditional
+    text_states, text_mask = pipe._encode_texts([prompt, ""], None, device)  # conditional and unconditional, one batch
     text_BLC, valid_BM = transformer._embed_text(text_states, text_mask)
     B, L = valid_BM.shape
     text_lengths_B = valid_BM.sum(-1)

@@ -229,7 +229,7 @@ def peak_section(runs: int) -> dict:
     call()
     totals: dict = {}
     with (
-        timed(pipe.transformer, "step", totals, "transformer"),
+        timed(pipe.transformer, "forward", totals, "transformer"),
         timed(pipeline_videoar, "sample_bits", totals, "sampling"),
         timed(pipe.video_tokenizer, "decode", totals, "tokenizer_decode"),
         timed(pipe, "encode_prompt", totals, "text_encoder"),

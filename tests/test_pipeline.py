@@ -182,12 +182,12 @@ def test_model_index_json_is_pinned(tiny_pipe, tmp_path):
     # a saved format: moving a class breaks every checkpoint on the Hub (DESIGN.md)
     tiny_pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == "VideoARPipeline"
+    assert index["_class_name"] == ["pipeline", "VideoARPipeline"]  # the `DiffusionPipeline` shim
     assert index["video_tokenizer"] == ["videoar_hf.modeling_tokenizer", "VideoARTokenizer"]
     assert index["transformer"] == ["videoar_hf.modeling_videoar", "VideoARTransformer"]
     assert index["text_encoder"] == ["transformers", "BertModel"]
     assert index["tokenizer"] == ["transformers", "BertTokenizer"]
-    assert set(index) - {"_class_name", "_diffusers_version"} == {
+    assert set(index) - {"_class_name", "_diffusers_version"} == {  # no `_name_or_path`
         "video_tokenizer",
         "transformer",
         "text_encoder",

@@ -75,7 +75,7 @@ class CausalConv3d(StreamingModule):
         if spatial_padding is None:
             spatial_padding = (kernel_w // 2, kernel_w // 2, kernel_h // 2, kernel_h // 2)
         self.spatial_padding = tuple(spatial_padding)
-        self.conv = nn.Conv3d(in_channels, out_channels, (kernel_t, kernel_h, kernel_w), stride=stride, padding=0)
+        self.conv = _Conv3dKernel(in_channels, out_channels, (kernel_t, kernel_h, kernel_w), stride=stride, padding=0)
         self._tail_BCTHW: torch.Tensor | None = None
 
     def reset_stream(self) -> None:
@@ -84,15 +84,13 @@ class CausalConv3d(StreamingModule):
     def forward(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
         x_BCTHW = F.pad(x_BCTHW, self.spatial_padding)
         if x_BCTHW.shape[2] == 1 and not self.streaming:
-            # a lone frame, replicated over every time tap, is a 2D conv with the taps summed: a third of the work
-            weight_OIhw = self.conv.weight.sum(dim=2)
-            return F.conv2d(x_BCTHW[:, :, 0], weight_OIhw, self.conv.bias, stride=self.conv.stride[1:])[:, :, None]
+            return self.conv(x_BCTHW, lone_frame=True)
         if self.streaming and self._tail_BCTHW is not None:
             x_BCTHW = torch.cat([self._tail_BCTHW, x_BCTHW], dim=2)
         else:
             first_frame = x_BCTHW[:, :, :1].expand(-1, -1, self.temporal_padding, -1, -1)
             x_BCTHW = torch.cat([first_frame, x_BCTHW], dim=2)
-        out_BCTHW = self._conv(x_BCTHW)
+        out_BCTHW = self.conv(x_BCTHW)
         if self.streaming:
             # the next output's window starts where the next stride step lands: exact for any kernel and stride;
             # a copy, as a view would keep the whole chunk alive
@@ -100,14 +98,21 @@ class CausalConv3d(StreamingModule):
         return out_BCTHW
 
 
-    def _conv(self, x_BCTHW: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
+class _Conv3dKernel(nn.Conv3d):
+    """The conv of `CausalConv3d` (its weights stay `conv.weight`), with two fast paths inside its own `forward`, so
+    hooks on it (sequential offload, layerwise casting) see every use of its weights."""
+
+    def forward(self, x_BCTHW: torch.Tensor, lone_frame: bool = False) -> torch.Tensor:
+        if lone_frame:
+            # a lone frame, replicated over every time tap, is a 2D conv with the taps summed: a third of the work
+            weight_OIhw = self.weight.sum(dim=2)
+            return F.conv2d(x_BCTHW[:, :, 0], weight_OIhw, self.bias, stride=self.stride[1:])[:, :, None]
         if x_BCTHW.device.type == "cpu" and x_BCTHW.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             # PyTorch sends batch-1 fp32 3D convs with few channels to a reference kernel ~12x slower than oneDNN
             return torch.mkldnn_convolution(
-                x_BCTHW.contiguous(), conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
+                x_BCTHW.contiguous(), self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
             )
-        return conv(x_BCTHW)
+        return super().forward(x_BCTHW)
 
 
 class FrameGroupNorm(nn.GroupNorm):

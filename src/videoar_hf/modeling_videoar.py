@@ -17,6 +17,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep, to_additive_mask
 from .cache import VideoARCache
 from .configuration_videoar import VideoARConfig
+from .diffusers_memory import DiffusersMemoryMixin
 from .quantizer import pack_scales
 from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, text_position_ids, video_position_ids
 from .scale_schedule import TokenLayout, get_scale_sizes
@@ -127,7 +128,7 @@ class VideoARDecoderLayer(GradientCheckpointingLayer):
         return x_BNC + self.mlp(self.post_attention_layernorm(x_BNC))
 
 
-class VideoARPreTrainedModel(PreTrainedModel):
+class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
     config: VideoARConfig
     config_class = VideoARConfig
     base_model_prefix = "videoar"

@@ -73,31 +73,41 @@ class MultiScaleBitwiseQuantizer(nn.Module):
             raise ValueError(f"Expected {self.latent_bits} latent channels, got {d}.")
         latents_NdHW = latents_BdTHW.transpose(1, 2).reshape(B * T, d, H, W)
         features_NdHW = torch.zeros_like(latents_NdHW)
-        bits, scale_inputs = [], []
+        bits, next_inputs = [], []
         for k, size in enumerate(scale_sizes):
-            scale_inputs.append(self.downsample(features_NdHW, size))
             bits_NhwD = self.downsample(latents_NdHW - features_NdHW, size).permute(0, 2, 3, 1) >= 0
             bits.append(bits_NhwD)
             if flip_rates_BTK is not None:
                 flip_rate_N = flip_rates_BTK[:, :, k].reshape(B * T, 1, 1, 1).to(latents_NdHW.device)
                 noise = torch.rand(bits_NhwD.shape, generator=generator, device=bits_NhwD.device)
                 bits_NhwD = bits_NhwD ^ (noise < flip_rate_N)
-            codes_NdHW = self.codes_from_bits(bits_NhwD, latents_NdHW.dtype).permute(0, 3, 1, 2)
-            features_NdHW = features_NdHW + self.upsample(codes_NdHW, (H, W))
-
-        # the first scale of frame t starts from frame t-1's reconstruction (PAPER.md §3)
-        previous_NdHW = features_NdHW.reshape(B, T, d, H, W).roll(1, dims=1)
-        previous_NdHW[:, 0] = 0
-        scale_inputs[0] = self.downsample(previous_NdHW.reshape(B * T, d, H, W), scale_sizes[0])
+            next_size = scale_sizes[(k + 1) % len(scale_sizes)]
+            features_NdHW, next_input_NhwD = self.accumulate(features_NdHW, bits_NhwD, next_size)
+            next_inputs.append(next_input_NhwD)
 
         def unfold(x_NhwD: torch.Tensor) -> torch.Tensor:
             return x_NhwD.reshape(B, T, *x_NhwD.shape[1:])
 
+        # the last scale's next input is the next frame's first (PAPER.md §3); frame 0 starts from zeros
+        first_BThwD = unfold(next_inputs.pop()).roll(1, dims=1)
+        first_BThwD[:, 0] = 0
         return ResidualQuantization(
             bits=[unfold(b) for b in bits],
-            scale_inputs=[unfold(x.permute(0, 2, 3, 1)) for x in scale_inputs],
+            scale_inputs=[first_BThwD] + [unfold(x) for x in next_inputs],
             features=features_NdHW.reshape(B, T, d, H, W).transpose(1, 2),
         )
+
+    def accumulate(
+        self, features_NdHW: torch.Tensor, bits_NhwD: torch.Tensor | None, next_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next-scale rule, the one place it is written: add a scale's codes `bits_NhwD` (if any) into the running
+        reconstruction `F_hat`, and return it with the next block's input, `F_hat` resampled to `next_size`
+        `(N, h', w', d)`. Training, sampling and the step from a frame's last scale to the next frame's first all use it.
+        """
+        if bits_NhwD is not None:
+            codes_NdHW = self.codes_from_bits(bits_NhwD, features_NdHW.dtype).permute(0, 3, 1, 2)
+            features_NdHW = features_NdHW + self.upsample(codes_NdHW, tuple(features_NdHW.shape[-2:]))
+        return features_NdHW, self.downsample(features_NdHW, next_size).permute(0, 2, 3, 1)
 
     def bits_to_features(
         self, bits: Sequence[torch.Tensor], size: tuple[int, int], dtype: torch.dtype = torch.float32
@@ -109,8 +119,7 @@ class MultiScaleBitwiseQuantizer(nn.Module):
         B, T = bits[0].shape[:2]
         features_NdHW = torch.zeros(B * T, self.latent_bits, *size, dtype=dtype, device=bits[0].device)
         for bits_BThwD in bits:
-            codes_NdHW = self.codes_from_bits(bits_BThwD.flatten(0, 1), dtype).permute(0, 3, 1, 2)
-            features_NdHW = features_NdHW + self.upsample(codes_NdHW, size)
+            features_NdHW, _ = self.accumulate(features_NdHW, bits_BThwD.flatten(0, 1), bits[0].shape[2:4])
         return features_NdHW.reshape(B, T, self.latent_bits, *size).transpose(1, 2)
 
 
