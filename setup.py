@@ -20,9 +20,14 @@ install_requires = [
 extras = {
     "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml"],
     "app": ["gradio>=5.0"],
+    "quantization": ["torchao>=0.12"],  # int8 weight-only loading through transformers' / diffusers' TorchAoConfig
 }
 # the tests cover training and the demo too (the browser test also needs Debian's chromium; .ci/run installs it)
-extras["test"] = ["pytest>=8", "pytest-timeout", "playwright", "parameterized", *extras["train"], *extras["app"]]
+# `parameterized`: transformers' own common tests, which the suite runs from transformers' sdist
+extras["test"] = [
+    "pytest>=8", "pytest-timeout", "playwright", "parameterized",
+    *extras["train"], *extras["app"], *extras["quantization"],
+]  # fmt: skip
 extras["dev"] = sorted({req for reqs in extras.values() for req in reqs})
 
 setup(

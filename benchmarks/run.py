@@ -23,6 +23,7 @@ import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from memory_modes import memory_modes_section  # noqa: E402
 from next_token_baseline import next_token_generate  # noqa: E402
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer  # noqa: E402
@@ -55,6 +56,7 @@ TARGETS = {
     "growth_time": 1.5,  # per-frame time, 129 frames over 17, with the window (at most)
     "growth_memory": 1.2,  # peak memory, 129 frames over 17, with the window (at most)
     "shipped_seconds": 2.0,  # one 17x64x64 video (at most)
+    "int8_weights": 2.0,  # transformer weights, fp32 over int8 weight-only (at least)
 }
 
 
@@ -385,6 +387,14 @@ def verdicts(results: dict) -> list[tuple[str, str, str, bool]]:
         TARGETS["growth_memory"], False)  # fmt: skip
     add("shipped model: seconds per 17x64x64 video", results["shipped"]["seconds_per_video"],
         TARGETS["shipped_seconds"], False, unit=" s")  # fmt: skip
+    if "memory" in results:
+        memory = results["memory"]
+        add("int8 weight-only: transformer weights fp32 / int8, ~100M",
+            memory["plain"]["transformer_weights_mb"] / memory["int8_weight_only"]["transformer_weights_mb"],
+            TARGETS["int8_weights"], True)  # fmt: skip
+        offloads = [mode for mode in memory if "offload" in mode]
+        add("offload modes with frames identical to plain", sum(memory[m]["identical_to_plain"] for m in offloads),
+            len(offloads), True, unit="")  # fmt: skip
     return lines
 
 
@@ -407,6 +417,10 @@ def markdown(results: dict) -> str:
         "Levers at ~100M (s per video): "
         + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results["levers"].items())
         + ".",
+        *([] if "memory" not in results else ["Memory modes at ~100M (transformer weights MB / peak RSS MB / s per "
+          "video / frames identical to plain): " + "; ".join(
+            f"{k} {v['transformer_weights_mb']:.0f} / {v['peak_mb']:.0f} / {v['seconds_per_video']:.2f} / "
+            f"{'yes' if v['identical_to_plain'] else 'no'}" for k, v in results["memory"].items())]),  # fmt: skip
         f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
     ]
     return "\n".join(rows + [""] + [f"- {line}" for line in detail]) + "\n"
@@ -451,6 +465,7 @@ def main(argv=None) -> dict:
         ("growth", growth_section),
         ("peak", lambda: peak_section(args.runs)),
         ("levers", lambda: levers_section(args.runs)),
+        ("memory", lambda: memory_modes_section(random_pipeline(SHIPPED_TOKENIZER, SIZES["mid"]), args.runs)),
     ):
         start = time.perf_counter()
         results[name] = section()

@@ -198,7 +198,7 @@ def main(args: argparse.Namespace) -> Path:
                     if args.colour_mix_prob:
                         video = mix_colours(video, args.colour_mix_prob)
                     # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
-                    reconstruction, latents, _, _, commitment_loss = tokenizer(video, return_dict=False)
+                    reconstruction, latents, _, commitment_loss = tokenizer(video, return_dict=False)
                     loss, parts = loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
                     if not all_finite(accelerator, loss):
                         stop_on_non_finite_loss(loss, step, checkpoints, tokenizer, history, extra_state())

@@ -215,3 +215,60 @@ def test_bad_embeddings_are_named(tiny_pipe):
         frames(tiny_pipe, prompt=None, prompt_embeds=embeds, prompt_attention_mask=mask[:, :-1])
     with pytest.raises(ValueError, match="negative_prompt_embeds"):
         frames(tiny_pipe, prompt=None, prompt_embeds=embeds, negative_prompt_embeds=embeds[0])
+
+
+# ------------------------------------------------------------------ quantized and placed loading
+
+
+def test_int8_weight_only_loading_through_the_libraries_quantization_configs(tiny_pipe, reference, tmp_path):
+    pytest.importorskip("torchao")
+    from diffusers import PipelineQuantizationConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    tiny_pipe.save_pretrained(tmp_path)
+    int8 = TorchAoConfig(Int8WeightOnlyConfig())
+    config = PipelineQuantizationConfig(quant_mapping={"transformer": int8, "text_encoder": int8})
+    pipe = VideoARPipeline.from_pretrained(tmp_path, quantization_config=config)
+    for linear in (pipe.transformer.layers[0].self_attn.q_proj, pipe.text_encoder.encoder.layer[0].intermediate.dense):
+        assert linear.weight.qdata.dtype == torch.int8
+    def linear_weight_bytes(model):
+        weights = [m.weight for m in model.layers.modules() if isinstance(m, torch.nn.Linear)]
+        return sum(sum(t.numel() * t.element_size() for t in ((w.qdata, w.scale) if hasattr(w, "qdata") else (w,)))
+                   for w in weights)  # fmt: skip
+
+    assert linear_weight_bytes(pipe.transformer) * 2 < linear_weight_bytes(tiny_pipe.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    video = frames(pipe)
+    assert video.shape == reference.shape and np.abs(video - reference).mean() < 0.1
+
+
+def test_device_map_auto_loads_each_model(tiny_pipe, tmp_path):
+    from videoar_hf import VideoARTokenizer, VideoARTransformer
+
+    tiny_pipe.save_pretrained(tmp_path)
+    tokenizer = VideoARTokenizer.from_pretrained(tmp_path, subfolder="video_tokenizer", device_map="auto")
+    transformer = VideoARTransformer.from_pretrained(tmp_path / "transformer", device_map="auto")
+    for loaded, original in ((tokenizer, tiny_pipe.video_tokenizer), (transformer, tiny_pipe.transformer)):
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), original.state_dict().values()))
+
+
+def test_variants_save_and_load_in_safetensors(tiny_pipe, reference, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path, variant="fp16")
+    assert sorted(p.name for p in tmp_path.glob("*/*.safetensors")) == [
+        "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors", "model.fp16.safetensors"
+    ]  # fmt: skip
+    pipe = VideoARPipeline.from_pretrained(tmp_path, variant="fp16")
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(frames(pipe), reference)
+    with pytest.raises(ValueError, match="variant"):
+        VideoARPipeline.from_pretrained(tmp_path, variant="bf16")
+
+
+def test_tokenizer_outputs_are_tensors_in_both_forms(tiny_pipe):
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    as_dict = tiny_pipe.video_tokenizer(video)
+    as_tuple = tiny_pipe.video_tokenizer(video, return_dict=False)
+    assert len(as_tuple) == len(as_dict) and all(torch.is_tensor(x) for x in as_tuple)
+    for a, b in zip(as_tuple, as_dict.values()):
+        torch.testing.assert_close(a, b)

@@ -107,7 +107,8 @@ class _Conv3dKernel(nn.Conv3d):
             # a lone frame, replicated over every time tap, is a 2D conv with the taps summed: a third of the work
             weight_OIhw = self.weight.sum(dim=2)
             return F.conv2d(x_BCTHW[:, :, 0], weight_OIhw, self.bias, stride=self.stride[1:])[:, :, None]
-        if x_BCTHW.device.type == "cpu" and x_BCTHW.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+        if (x_BCTHW.device.type == "cpu" and x_BCTHW.dtype == torch.float32 and not torch.compiler.is_compiling()
+                and torch.backends.mkldnn.is_available()):  # fmt: skip
             # PyTorch sends batch-1 fp32 3D convs with few channels to a reference kernel ~12x slower than oneDNN
             return torch.mkldnn_convolution(
                 x_BCTHW.contiguous(), self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups

@@ -40,11 +40,11 @@ class VideoARTokenizerDecoderOutput(BaseOutput):
 
 @dataclass
 class VideoARTokenizerOutput(BaseOutput):
-    """A reconstruction and what the encoder and quantizer made of the video on the way (see the outputs above)."""
+    """A reconstruction and what the encoder and quantizer made of the video on the way (see the outputs above). The
+    per-scale bits are `quantize(latents).bits`; they are left out here because every output field is a tensor."""
 
     sample: torch.Tensor
     latents: torch.Tensor
-    bits: list[torch.Tensor]
     features: torch.Tensor
     commitment_loss: torch.Tensor
 
@@ -113,6 +113,7 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    _no_split_modules = ["ResnetBlock3D", "AttentionBlock3D"]
 
     @register_to_config
     def __init__(
@@ -251,11 +252,10 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         quantized = self.quantize(latents)
         reconstruction = self.decode(quantized.features).sample
         if not return_dict:
-            return reconstruction, latents, quantized.bits, quantized.features, quantized.commitment_loss
+            return reconstruction, latents, quantized.features, quantized.commitment_loss
         return VideoARTokenizerOutput(
             sample=reconstruction,
             latents=latents,
-            bits=quantized.bits,
             features=quantized.features,
             commitment_loss=quantized.commitment_loss,
         )

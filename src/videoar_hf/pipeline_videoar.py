@@ -295,17 +295,11 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             negatives = [negatives] * len(prompt_embeds) if isinstance(negatives, str) else negatives
             negative_prompt_embeds, negative_prompt_attention_mask = self._encode_texts(negatives, max_sequence_length, device)
 
-        def ready(states, mask):
-            if states is None:
-                return None, None
-            mask = torch.ones(states.shape[:2], dtype=torch.long) if mask is None else mask
-            return (states.to(device).repeat_interleave(num_videos_per_prompt, dim=0),
-                    mask.to(device).repeat_interleave(num_videos_per_prompt, dim=0))  # fmt: skip
-
-        prompt_embeds, prompt_attention_mask = ready(prompt_embeds, prompt_attention_mask)
-        negative_prompt_embeds, negative_prompt_attention_mask = ready(
-            negative_prompt_embeds if do_classifier_free_guidance else None, negative_prompt_attention_mask
-        )
+        prompt_embeds, prompt_attention_mask = _repeat_text(prompt_embeds, prompt_attention_mask, num_videos_per_prompt, device)
+        negative_prompt_embeds, negative_prompt_attention_mask = _repeat_text(
+            negative_prompt_embeds if do_classifier_free_guidance else None, negative_prompt_attention_mask,
+            num_videos_per_prompt, device,
+        )  # fmt: skip
         return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
 
     def _encode_texts(self, texts: list[str], max_sequence_length: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -583,6 +577,14 @@ def _check_embeds(name: str, value, reference) -> int | None:
     if reference is not None and ndim == 2 and tuple(value.shape) != tuple(reference.shape[:2]):
         raise ValueError(f"`{name}` must be shaped {tuple(reference.shape[:2])} like its embeddings, got {tuple(value.shape)}.")
     return value.shape[0]
+
+
+def _repeat_text(states, mask, repeats: int, device):
+    """Text states and mask (all ones when missing) on `device`, each sample repeated `repeats` times."""
+    if states is None:
+        return None, None
+    mask = torch.ones(states.shape[:2], dtype=torch.long) if mask is None else mask
+    return states.to(device).repeat_interleave(repeats, dim=0), mask.to(device).repeat_interleave(repeats, dim=0)
 
 
 def _concat_padded(states: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
