@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> Path:
 
     def save(trained: VideoARPipeline) -> None:
         card = model_card(args, base_model, Path(args.output_dir) / "history.json", time.time() - started)
-        trained.save_lora_weights(adapter_dir, adapter_name=ADAPTER_NAME)
+        trained.save_lora_adapter(adapter_dir, adapter_name=ADAPTER_NAME)
         tmp = adapter_dir / ".README.md.tmp"
         tmp.write_text(card)
         os.replace(tmp, adapter_dir / "README.md")

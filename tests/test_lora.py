@@ -54,7 +54,7 @@ def test_load_generate_unload_is_bit_identical_to_the_base(tiny_pipe, adapters):
     assert not torch.equal(logits(tiny_pipe), logits(tiny_pipeline()))
     video(tiny_pipe)
     tiny_pipe.unload_lora_weights()
-    assert_unchanged(tiny_pipe, (base[0], [], []))
+    assert_unchanged(tiny_pipe, (base[0], {}, []))
     np.testing.assert_array_equal(video(tiny_pipe), base_video)
 
 
@@ -91,7 +91,7 @@ def test_fused_save_reloads_the_same_weights_with_clean_keys(tiny_pipe, adapters
     keys = load_file(tmp_path / "fused" / "transformer" / "model.safetensors").keys()
     assert not [k for k in keys if "lora" in k or "base_layer" in k or k.startswith("base_model")]
     reloaded = VideoARPipeline.from_pretrained(tmp_path / "fused")
-    assert reloaded.get_list_adapters() == []
+    assert reloaded.get_list_adapters() == {}
     torch.testing.assert_close(logits(reloaded), fused)
     # the fused weights are the pipeline's weights once the adapter is unloaded
     tiny_pipe.unload_lora_weights()
@@ -101,7 +101,7 @@ def test_fused_save_reloads_the_same_weights_with_clean_keys(tiny_pipe, adapters
 
 def test_saving_the_pipeline_with_an_unfused_adapter_is_refused(tiny_pipe, adapters, tmp_path):
     tiny_pipe.load_lora_weights(adapters[0])
-    with pytest.raises(ValueError, match="unfused LoRA.*save_lora_weights"):
+    with pytest.raises(ValueError, match="unfused LoRA.*save_lora_adapter"):
         tiny_pipe.save_pretrained(tmp_path / "pipe")
     assert not (tmp_path / "pipe").exists()
 
@@ -117,14 +117,14 @@ def test_set_adapters_with_weights_one_and_zero_equals_the_first_alone(tiny_pipe
     tiny_pipe.set_adapters(["a", "b"], [1.0, 1.0])
     assert not torch.allclose(logits(tiny_pipe), alone)
     tiny_pipe.delete_adapters("b")
-    assert tiny_pipe.get_list_adapters() == ["a"] and tiny_pipe.get_active_adapters() == ["a"]
+    assert tiny_pipe.get_list_adapters() == {"transformer": ["a"]} and tiny_pipe.get_active_adapters() == ["a"]
     torch.testing.assert_close(logits(tiny_pipe), alone)
 
 
-def test_save_lora_weights_round_trips_in_the_peft_format(tiny_pipe, adapters, tmp_path):
+def test_save_lora_adapter_round_trips_in_the_peft_format(tiny_pipe, adapters, tmp_path):
     tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
     expected = logits(tiny_pipe)
-    tiny_pipe.save_lora_weights(tmp_path / "saved")
+    tiny_pipe.save_lora_adapter(tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     assert all(k.startswith("base_model.model.") for k in load_file(tmp_path / "saved" / "adapter_model.safetensors"))
     fresh = tiny_pipeline()
@@ -177,7 +177,7 @@ def no_files(tmp_path):
         (retargeted("q_proj", "v_proj", "up_proj", "norm"), "module 'norm' is not a linear layer"),
         (renamed_module, "weights for 'layers.0.self_attn.query', a module the transformer does not have"),
         (no_files, r"not a LoRA adapter folder: it lacks \['adapter_config.json', 'adapter_model.safetensors'\]"),
-        (lambda tmp_path: tmp_path / "missing", "neither a folder nor a Hub repo id"),
+        (lambda tmp_path: tmp_path / "missing", "neither a file, a folder nor a Hub repo id"),
     ],
 )
 def test_bad_adapters_are_named_and_leave_the_pipeline_unchanged(tiny_pipe, adapters, tmp_path, make, match):
@@ -204,7 +204,7 @@ def test_bad_adapter_on_a_bare_pipeline_leaves_plain_modules(tiny_pipe, tmp_path
         (lambda p: p.delete_adapters("nope"), r"Unknown adapter\(s\) \['nope'\]"),
         (lambda p: p.load_lora_weights(p._test_folder, adapter_name="a"), "'a' is already loaded"),
         (lambda p: p.fuse_lora(lora_scale=float("nan")), "`lora_scale` must be a finite number"),
-        (lambda p: p.save_lora_weights(p._test_folder / "x", adapter_name="nope"), "Unknown adapter 'nope'"),
+        (lambda p: p.save_lora_adapter(p._test_folder / "x", adapter_name="nope"), "Unknown adapter 'nope'"),
     ],
 )
 def test_bad_adapter_calls_are_named_and_change_nothing(tiny_pipe, adapters, call, match):
@@ -223,3 +223,118 @@ def test_changing_adapters_while_fused_is_refused(tiny_pipe, adapters):
     for call in (lambda: tiny_pipe.set_adapters("a"), lambda: tiny_pipe.load_lora_weights(adapters[1]), tiny_pipe.fuse_lora):
         with pytest.raises(ValueError, match="while a LoRA is fused: call `unfuse_lora\\(\\)`"):
             call()
+
+
+# ------------------------------------------------------------------ diffusers' LoRA conventions (LoraBaseMixin)
+
+
+def peft_state_dict(pipe, name="a"):
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(pipe.transformer, adapter_name=name)
+
+
+@pytest.mark.parametrize("lora_alpha", [4, 8])
+def test_diffusers_single_file_round_trips_with_its_config(tiny_pipe, tmp_path, lora_alpha):
+    from peft import LoraConfig
+
+    config = LoraConfig(r=4, lora_alpha=lora_alpha, target_modules=["q_proj", "up_proj"], init_lora_weights=False)
+    tiny_pipe.transformer.add_adapter(config, adapter_name="a")  # transformers' own PEFT integration
+    expected = logits(tiny_pipe)
+    VideoARPipeline.save_lora_weights(tmp_path, transformer_lora_layers=peft_state_dict(tiny_pipe),
+                                      transformer_lora_adapter_metadata=config.to_dict())  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pytorch_lora_weights.safetensors"]
+    _, metadata = VideoARPipeline.lora_state_dict(tmp_path, return_lora_metadata=True)
+    assert metadata["transformer.lora_alpha"] == lora_alpha and metadata["transformer.r"] == 4
+    tiny_pipe.unload_lora_weights()
+    for source in (tmp_path, tmp_path / "pytorch_lora_weights.safetensors"):
+        tiny_pipe.load_lora_weights(source, adapter_name="b")
+        torch.testing.assert_close(logits(tiny_pipe), expected)
+        tiny_pipe.unload_lora_weights()
+    # a bare state dict carries no config: alpha defaults to the rank, as in diffusers
+    tiny_pipe.load_lora_weights(load_file(tmp_path / "pytorch_lora_weights.safetensors"), adapter_name="c")
+    assert tiny_pipe.transformer.peft_config["c"].lora_alpha == 4
+    assert torch.allclose(logits(tiny_pipe), expected) == (lora_alpha == 4)
+
+
+def test_a_single_file_without_its_config_infers_the_rank(tiny_pipe, adapters, tmp_path):
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    expected = logits(tiny_pipe)  # rank 4, alpha 4: inferring alpha = rank gives the same update
+    VideoARPipeline.save_lora_weights(tmp_path, transformer_lora_layers=peft_state_dict(tiny_pipe))
+    tiny_pipe.unload_lora_weights()
+    tiny_pipe.load_lora_weights(tmp_path)
+    torch.testing.assert_close(logits(tiny_pipe), expected)
+
+
+def test_pickles_are_refused_when_saving(tiny_pipe, adapters, tmp_path):
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    with pytest.raises(ValueError, match="safetensors only"):
+        VideoARPipeline.save_lora_weights(tmp_path / "out", transformer_lora_layers=peft_state_dict(tiny_pipe),
+                                          safe_serialization=False)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "pytorch_lora_weights.bin").write_bytes(b"not read")
+    with pytest.raises(ValueError, match="safetensors only"):
+        tiny_pipe.load_lora_weights(tmp_path / "pytorch_lora_weights.bin")
+
+
+def test_lora_scale_in_attention_kwargs(tiny_pipe, adapters):
+    base = video(tiny_pipe)
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    full = video(tiny_pipe)
+
+    def scaled(scale):
+        return tiny_pipe(PROMPT, num_frames=5, generator=torch.Generator().manual_seed(0),
+                         attention_kwargs={"scale": scale}).frames  # fmt: skip
+
+    np.testing.assert_array_equal(scaled(0.0), base)
+    half = scaled(0.5)
+    assert not np.array_equal(half, full)
+    np.testing.assert_array_equal(video(tiny_pipe), full)  # the scales came back exactly
+    tiny_pipe.set_adapters("a", 0.5)
+    np.testing.assert_array_equal(video(tiny_pipe), half)
+    with pytest.raises(ValueError, match="attention_kwargs"):
+        scaled(float("inf"))
+
+
+def test_fusing_at_a_scale_matches_the_scaled_call(tiny_pipe, adapters):
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    with tiny_pipe._lora_scale(0.7):
+        scaled = logits(tiny_pipe)
+    tiny_pipe.fuse_lora(components=["transformer"], lora_scale=0.7)
+    assert tiny_pipe.num_fused_loras == 1
+    torch.testing.assert_close(logits(tiny_pipe), scaled, atol=1e-5, rtol=1e-5)
+    tiny_pipe.unfuse_lora(components=["transformer"])
+    assert tiny_pipe.num_fused_loras == 0
+
+
+def test_a_state_dict_without_transformer_keys_changes_nothing(tiny_pipe, caplog):
+    before = snapshot(tiny_pipe)
+    tiny_pipe.load_lora_weights({"lora_foo": torch.tensor(2.0)})
+    assert_unchanged(tiny_pipe, before)
+
+
+def test_hotswap_replaces_an_adapter_in_place(tiny_pipe, tmp_path):
+    first = tiny_lora_adapter(tiny_pipe.transformer, tmp_path / "first", seed=1)
+    second = tiny_lora_adapter(tiny_pipe.transformer, tmp_path / "second", seed=2)
+    tiny_pipe.load_lora_weights(second, adapter_name="x")
+    expected = logits(tiny_pipe)
+    tiny_pipe.unload_lora_weights()
+    tiny_pipe.load_lora_weights(first, adapter_name="x")
+    tiny_pipe.load_lora_weights(second, adapter_name="x", hotswap=True)
+    torch.testing.assert_close(logits(tiny_pipe), expected)
+    with pytest.raises(ValueError, match="hotswap"):
+        tiny_pipe.load_lora_weights(second, adapter_name="nope", hotswap=True)
+
+
+def test_load_delete_load_and_unload_add_adapter(tiny_pipe, adapters):
+    from peft import LoraConfig
+
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    expected = logits(tiny_pipe)
+    tiny_pipe.delete_adapters("a")
+    torch.testing.assert_close(logits(tiny_pipe), logits(tiny_pipeline()))
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    torch.testing.assert_close(logits(tiny_pipe), expected)
+    tiny_pipe.unload_lora_weights()
+    tiny_pipe.transformer.add_adapter(LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False), adapter_name="n")
+    assert tiny_pipe.get_list_adapters() == {"transformer": ["n"]}

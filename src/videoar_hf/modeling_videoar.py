@@ -140,6 +140,24 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": VideoARDecoderLayer, "attentions": VideoARAttention}
 
+    def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
+        """A fresh PEFT adapter (e.g. a `LoraConfig`) on this model, made the active one, as transformers'
+        `add_adapter` does; that one asks for peft >= 0.22, which is not released yet, while this needs only peft's
+        `inject_adapter_in_model`."""
+        from peft import PeftConfig, inject_adapter_in_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        adapter_name = adapter_name or "default"
+        if not isinstance(adapter_config, PeftConfig):
+            raise ValueError(f"`adapter_config` must be a peft `PeftConfig`, got {type(adapter_config).__name__}.")
+        if adapter_name in getattr(self, "peft_config", {}):
+            raise ValueError(f"An adapter named {adapter_name!r} already exists; pick another `adapter_name`.")
+        inject_adapter_in_model(adapter_config, self, adapter_name)
+        self._hf_peft_config_loaded = True
+        for module in self.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.set_adapter(adapter_name)
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, VideoARTransformer):

@@ -23,7 +23,7 @@ from .atomic_directory import atomic_directory
 from .causal_cnn import causal_streaming
 from .guidance import TEXT_TO_VIDEO, guidance_table
 from .hub import upload_pipeline_folder
-from .lora import VideoARLoraLoaderMixin
+from .lora import VideoARLoraLoaderMixin, is_finite_number
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
 from .sampling import sample_bits
@@ -142,7 +142,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
     ):
         """Save every component (safetensors only) into a temporary folder, then rename it into place.
 
-        A fused LoRA is saved as part of the weights; an unfused one is refused (save it with `save_lora_weights`).
+        A fused LoRA is saved as part of the weights; an unfused one is refused (save it with `save_lora_adapter`).
         With `push_to_hub`, the folder is then uploaded as `push_to_hub` does; `repo_id` defaults to the folder's
         name and the other keyword arguments are `push_to_hub`'s.
         """
@@ -251,8 +251,11 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {o['output_type']!r}.")
         if o["image"] is not None and o["video"] is not None:
             raise ValueError("Pass conditioning frames as `image` or as `video`, not both.")
+        if set(o["attention_kwargs"]) != {"scale"} or not is_finite_number(o["attention_kwargs"]["scale"]):
+            raise ValueError(f"`attention_kwargs` takes only {{'scale': <finite number>}} (the LoRA scale), got "
+                             f"{o['attention_kwargs']!r}.")  # fmt: skip
         tensor_inputs = o["callback_on_step_end_tensor_inputs"]
-        if tensor_inputs is not None and not all(k in self._callback_tensor_inputs for k in tensor_inputs):
+        if not all(k in self._callback_tensor_inputs for k in tensor_inputs):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, got "
                 f"{tensor_inputs}."
@@ -349,6 +352,10 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
              "width": o["width"] or self.video_tokenizer.config.sample_size}  # fmt: skip
         if isinstance(o["callback_on_step_end"], (PipelineCallback, MultiPipelineCallbacks)):
             o["callback_on_step_end_tensor_inputs"] = o["callback_on_step_end"].tensor_inputs
+        o["callback_on_step_end_tensor_inputs"] = o["callback_on_step_end_tensor_inputs"] or []
+        if o["attention_kwargs"] is not None and not isinstance(o["attention_kwargs"], dict):
+            raise ValueError(f"`attention_kwargs` must be a dict such as {{'scale': 0.5}}, got {o['attention_kwargs']!r}.")
+        o["attention_kwargs"] = {"scale": 1.0, **(o["attention_kwargs"] or {})}
         prompts = self.check_inputs(o)
         device = self._execution_device
         f = self.video_tokenizer.config.spatial_compression_ratio
@@ -389,25 +396,20 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             text_states=text_states,
             text_mask=text_mask,
             given_bits=given_bits,
-            top_k=o["top_k"],
-            top_p=o["top_p"],
-            temperature=o["temperature"],
-            generator=o["generator"],
-            callback_on_step_end=o["callback_on_step_end"],
-            callback_tensor_inputs=o["callback_on_step_end_tensor_inputs"] or [],
             device=device,
+            options=o,
         )
 
     def _sample_latent_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
         """Sample frame after frame, scale after scale, one transformer call each; after each latent frame, yield all
         `latents` `(B, d, T', h, w)` (frames not sampled yet are zeros)."""
-        quantizer = self.video_tokenizer.quantizer
+        o, quantizer = s.options, self.video_tokenizer.quantizer
         cache = self.transformer.init_cache(*s.latent_size)
         scale_sizes = cache.scale_sizes
         num_given = s.given_bits[0].shape[1] if s.given_bits else 0
         latents = torch.zeros(s.batch, quantizer.latent_bits, s.num_latent_frames, *s.latent_size, device=s.device)
         scale_input = None
-        with self.progress_bar(total=self.num_timesteps) as progress_bar:
+        with self.progress_bar(total=self.num_timesteps) as progress_bar, self._lora_scale(o["attention_kwargs"]["scale"]):
             for frame in range(s.num_latent_frames):
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
@@ -421,15 +423,16 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     if frame < num_given:
                         bits_BhwD = s.given_bits[scale][:, frame]
                     else:
-                        bits_BhwD = sample_bits(logits, s.top_k, s.top_p, s.temperature, s.generator).reshape(s.batch, *size, -1)
+                        bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
+                        bits_BhwD = bits.reshape(s.batch, *size, -1)
                     next_size = scale_sizes[(scale + 1) % len(scale_sizes)]  # after the last scale: the next frame
                     latents[:, :, frame], scale_input = quantizer.accumulate(latents[:, :, frame], bits_BhwD, next_size)
 
-                    if s.callback_on_step_end is not None:
+                    if o["callback_on_step_end"] is not None:
                         available = {"latents": latents, "logits": logits}
-                        callback_kwargs = {k: available[k] for k in s.callback_tensor_inputs}
+                        callback_kwargs = {k: available[k] for k in o["callback_on_step_end_tensor_inputs"]}
                         step = frame * len(scale_sizes) + scale
-                        callback_outputs = s.callback_on_step_end(self, step, (frame, scale), callback_kwargs) or {}
+                        callback_outputs = o["callback_on_step_end"](self, step, (frame, scale), callback_kwargs) or {}
                         if "latents" in callback_outputs:  # the next block starts from the callback's latents
                             latents = callback_outputs["latents"]
                             _, scale_input = quantizer.accumulate(latents[:, :, frame], None, next_size)
@@ -466,6 +469,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         decode_chunk_size: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> VideoARPipelineOutput | tuple:
         """Generate videos.
 
@@ -496,6 +500,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 replacing `latents`, set `pipe._guidance_scale` (from the next pass on) or `pipe._interrupt = True`
                 (stop; the frames sampled so far are decoded). `pipe.num_timesteps` is the number of passes.
             callback_on_step_end_tensor_inputs: keys of `callback_kwargs`, from `["latents", "logits"]`.
+            attention_kwargs: `{"scale": s}` multiplies every loaded LoRA's update by `s` for this call (diffusers'
+                convention); the only key.
         """
         options = {name: value for name, value in locals().items() if name != "self"}
         sampling = self._prepare_sampling(options)
@@ -548,7 +554,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
 @dataclass
 class _Sampling:
-    """What one generation carries from its preparation into its sampling loop."""
+    """What one generation carries from its preparation into its sampling loop: what was derived from the arguments,
+    and the checked arguments themselves (`options`, by `__call__`'s names)."""
 
     batch: int
     num_latent_frames: int
@@ -556,13 +563,8 @@ class _Sampling:
     text_states: torch.Tensor
     text_mask: torch.Tensor
     given_bits: list[torch.Tensor]
-    top_k: int
-    top_p: float
-    temperature: float
-    generator: Any
-    callback_on_step_end: Callable | None
-    callback_tensor_inputs: list[str]
     device: torch.device
+    options: dict
 
 
 def _check_embeds(name: str, value, reference) -> int | None:
