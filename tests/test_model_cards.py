@@ -11,6 +11,7 @@ from videoar_hf.testing_utils import tiny_pipeline
 CARDS = sorted((Path(__file__).parents[1] / "model_cards").glob("*.md"))
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 FROM_PRETRAINED = re.compile(r"VideoARPipeline\.from_pretrained\([^)]*\)+")
+DIFFUSION_FROM_PRETRAINED = re.compile(r"DiffusionPipeline\.from_pretrained\(.*\)")  # to the line's last ")"
 
 
 def test_there_is_a_card_for_the_shipped_model_and_each_paper_preset():
@@ -46,3 +47,33 @@ def test_card_usage_snippet_runs(card_path, tiny_folder):
     exec(compile(snippet, str(card_path), "exec"), namespace)
     video = namespace["video"]
     assert video.ndim == 4 and video.shape[-1] == 3 and video.shape[0] == 17
+
+
+@pytest.mark.parametrize("card_path", [p for p in CARDS if DIFFUSION_FROM_PRETRAINED.search(p.read_text())],
+                         ids=lambda p: p.stem)  # fmt: skip
+def test_card_diffusion_pipeline_snippet_runs(card_path, tiny_folder):
+    snippet = next(b for b in PYTHON_BLOCK.findall(card_path.read_text()) if DIFFUSION_FROM_PRETRAINED.search(b))
+    snippet = DIFFUSION_FROM_PRETRAINED.sub(
+        f"DiffusionPipeline.from_pretrained({str(tiny_folder)!r}, trust_remote_code=True)", snippet
+    )
+    namespace = {}
+    exec(compile(snippet, str(card_path), "exec"), namespace)
+    assert type(namespace["pipe"]).__name__ == "VideoARPipeline"
+    if "video" in namespace:
+        assert namespace["video"].shape[0] == 17
+
+
+def test_the_default_hub_card_snippets_run(tiny_folder):
+    from videoar_hf.hub import default_model_card
+
+    text = default_model_card("org/name").text
+    blocks = PYTHON_BLOCK.findall(text)
+    assert len(blocks) == 2
+    for block in blocks:
+        block = FROM_PRETRAINED.sub(f"VideoARPipeline.from_pretrained({str(tiny_folder)!r})", block)
+        block = DIFFUSION_FROM_PRETRAINED.sub(
+            f"DiffusionPipeline.from_pretrained({str(tiny_folder)!r}, trust_remote_code=True)", block
+        )
+        namespace = {}
+        exec(compile(block, "default card", "exec"), namespace)
+        assert type(namespace["pipe"]).__name__ == "VideoARPipeline"

@@ -32,6 +32,15 @@ from videoar_hf import VideoARPipeline
 pipe = VideoARPipeline.from_pretrained("{repo_id}")
 video = pipe("a red circle moving left", num_frames=17).frames[0]
 ```
+
+diffusers' generic loader works too. `trust_remote_code=True` runs the repo's `pipeline.py`, whose only code is
+`from videoar_hf import VideoARPipeline`; the model code is the installed package:
+
+```python
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)
+```
 """
     return ModelCard(content)
 
