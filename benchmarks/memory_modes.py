@@ -7,6 +7,7 @@ weights from CPU to CPU: they show their overhead and their exactness here, and 
 there is an accelerator.
 """
 
+import contextlib
 import multiprocessing
 import tempfile
 import threading
@@ -18,6 +19,29 @@ import psutil
 import torch
 
 MODES = ("plain", "model_cpu_offload", "sequential_cpu_offload", "group_offload", "layerwise_bf16", "int8_weight_only")
+
+
+@contextlib.contextmanager
+def peak_rss_mb():
+    """Yield a dict whose `"mb"` is, on exit, how far the resident memory rose above its level on entry, sampled
+    every millisecond in a thread (the process's `ru_maxrss` would include the peaks of importing and building)."""
+    process, done, result = psutil.Process(), threading.Event(), {}
+    before = peak = process.memory_info().rss
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result["mb"] = (peak - before) / 2**20
 
 
 def stored_bytes(module: torch.nn.Module) -> int:
@@ -65,27 +89,16 @@ def load(folder: str, mode: str):
 
 def _child(folder: str, mode: str, runs: int, connection) -> None:
     torch.set_num_threads(1)  # every mode on the same footing; the parent's threads do not compete
-    process, peak, done = psutil.Process(), [0], threading.Event()
-    before = process.memory_info().rss
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    pipe, transformer_bytes = load(folder, mode)
-    times, frames = [], None
-    for _ in range(runs + 1):  # the first run warms up
-        start = time.perf_counter()
-        frames = pipe("a red circle moving left", num_frames=17, guidance_scale=3.0,
-                      generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
-        times.append(time.perf_counter() - start)
-    done.set()
-    sampler.join()
+    with peak_rss_mb() as peak:
+        pipe, transformer_bytes = load(folder, mode)
+        times, frames = [], None
+        for _ in range(runs + 1):  # the first run warms up
+            start = time.perf_counter()
+            frames = pipe("a red circle moving left", num_frames=17, guidance_scale=3.0,
+                          generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
+            times.append(time.perf_counter() - start)
     connection.send(dict(
-        transformer_weights_mb=transformer_bytes / 2**20, peak_mb=(peak[0] - before) / 2**20,
+        transformer_weights_mb=transformer_bytes / 2**20, peak_mb=peak["mb"],
         seconds_per_video=float(np.median(times[1:])), frames=frames,
     ))  # fmt: skip
 

@@ -14,16 +14,14 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from unittest import mock
 
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from memory_modes import memory_modes_section  # noqa: E402
+from memory_modes import memory_modes_section, peak_rss_mb  # noqa: E402
 from next_token_baseline import next_token_generate  # noqa: E402
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer  # noqa: E402
@@ -253,25 +251,13 @@ def peak_section(runs: int) -> dict:
 
 
 def _peak_memory_child(window, num_frames, connection) -> None:
-    """In a fresh process: build the pipeline, then report how far one generation lifts the resident memory, sampled
-    every millisecond in a thread (the process's `ru_maxrss` would include the peaks of importing and building)."""
+    """In a fresh process: build the pipeline, then report how far one generation lifts the resident memory."""
     torch.set_num_threads(1)
     pipe = random_pipeline(SHIPPED_TOKENIZER, SIZES["shipped"])
     pipe.transformer.config.frame_mask_window = window
-    process, peak, done = psutil.Process(), [0], threading.Event()
-    before = process.memory_info().rss
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    generate(pipe, num_frames, window)
-    done.set()
-    sampler.join()
-    connection.send((peak[0] - before) / 2**20)
+    with peak_rss_mb() as peak:
+        generate(pipe, num_frames, window)
+    connection.send(peak["mb"])
 
 
 def generate(pipe, num_frames: int, window: int | None) -> None:
