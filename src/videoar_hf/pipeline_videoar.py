@@ -362,8 +362,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         num_latent_frames = self.video_tokenizer.num_latent_frames(o["num_frames"])
         latent_size = (o["height"] // f, o["width"] // f)
         num_scales = len(self.transformer.scale_sizes(*latent_size))
+        guidance_TK = guidance_table(o["guidance_scale"], num_latent_frames, num_scales)  # checks it
         self._guidance_scale = o["guidance_scale"]
-        self._do_classifier_free_guidance = bool((guidance_table(o["guidance_scale"], num_latent_frames, num_scales) != 1).any())
+        self._do_classifier_free_guidance = bool((guidance_TK != 1).any())
         self._num_timesteps = num_latent_frames * num_scales
         self._interrupt = False
 
