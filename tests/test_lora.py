@@ -199,7 +199,7 @@ def test_bad_adapter_on_a_bare_pipeline_leaves_plain_modules(tiny_pipe, tmp_path
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda p: p.set_adapters(["a", "nope"]), r"Unknown adapter\(s\) \['nope'\] in `adapter_names`; loaded: \['a', 'b'\]"),
+        (lambda p: p.set_adapters(["a", "nope"]), r"Adapter name\(s\) \['nope'\] not in the list of present adapters: \['a', 'b'\]"),
         (lambda p: p.set_adapters(["a", "b"], [1.0]), "`adapter_weights` needs one finite number per adapter"),
         (lambda p: p.delete_adapters("nope"), r"Unknown adapter\(s\) \['nope'\]"),
         (lambda p: p.load_lora_weights(p._test_folder, adapter_name="a"), "'a' is already loaded"),
@@ -338,3 +338,27 @@ def test_load_delete_load_and_unload_add_adapter(tiny_pipe, adapters):
     tiny_pipe.unload_lora_weights()
     tiny_pipe.transformer.add_adapter(LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False), adapter_name="n")
     assert tiny_pipe.get_list_adapters() == {"transformer": ["n"]}
+    tiny_pipe.delete_adapters("n")  # the last adapter of one added by `add_adapter`
+    assert tiny_pipe.get_list_adapters() == {} and not any("lora" in k for k in tiny_pipe.transformer.state_dict())
+
+
+def test_hotswap_of_another_rank_after_enable_lora_hotswap(tiny_pipe, tmp_path):
+    rank_4 = tiny_lora_adapter(tiny_pipe.transformer, tmp_path / "r4", rank=4, seed=1)
+    rank_8 = tiny_lora_adapter(tiny_pipe.transformer, tmp_path / "r8", rank=8, seed=2)
+    tiny_pipe.load_lora_weights(rank_8, adapter_name="x")
+    expected = logits(tiny_pipe)
+    tiny_pipe.unload_lora_weights()
+    tiny_pipe.enable_lora_hotswap(target_rank=8)
+    tiny_pipe.load_lora_weights(rank_4, adapter_name="x")
+    tiny_pipe.load_lora_weights(rank_8, adapter_name="x", hotswap=True)
+    torch.testing.assert_close(logits(tiny_pipe), expected)
+    with pytest.raises(ValueError, match="before loading the first adapter"):
+        tiny_pipe.enable_lora_hotswap(target_rank=8)
+
+
+def test_low_cpu_mem_usage_loading_gives_the_same_adapter(tiny_pipe, adapters):
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a")
+    expected = logits(tiny_pipe)
+    tiny_pipe.unload_lora_weights()
+    tiny_pipe.load_lora_weights(adapters[0], adapter_name="a", low_cpu_mem_usage=True)
+    torch.testing.assert_close(logits(tiny_pipe), expected)

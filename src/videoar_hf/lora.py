@@ -86,6 +86,7 @@ class VideoARLoraLoaderMixin(LoraBaseMixin):
         low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", False)
         state_dict, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, return_lora_metadata=True,
                                                     **kwargs)  # fmt: skip
+        prepare_hotswap = getattr(self, "_prepare_lora_hotswap_kwargs", None)
         adapter_name = self.load_lora_into_transformer(
             state_dict, self.transformer, adapter_name=adapter_name, metadata=metadata, _pipeline=self,
             low_cpu_mem_usage=low_cpu_mem_usage, hotswap=hotswap,
@@ -94,6 +95,26 @@ class VideoARLoraLoaderMixin(LoraBaseMixin):
         )  # fmt: skip
         if adapter_name is not None and not hotswap:
             set_weights_and_activate_adapters(self.transformer, [adapter_name], [1.0])
+            if prepare_hotswap:  # pad this first adapter to the target rank, so later hotswaps never recompile
+                from peft.utils.hotswap import prepare_model_for_compiled_hotswap
+
+                prepare_model_for_compiled_hotswap(self.transformer, config=self.transformer.peft_config,
+                                                   **prepare_hotswap)  # fmt: skip
+                self._prepare_lora_hotswap_kwargs = None
+
+    def enable_lora_hotswap(self, target_rank: int = 128, check_compiled: str = "error") -> None:
+        """Let later `load_lora_weights(..., hotswap=True)` swap in adapters of other ranks (up to `target_rank`)
+        without recompiling a `torch.compile`d transformer; call it before loading the first adapter, as in
+        diffusers. `check_compiled` ("error", "warn", "ignore") says what to do if an adapter is already loaded."""
+        if check_compiled not in ("error", "warn", "ignore"):
+            raise ValueError(f"`check_compiled` must be 'error', 'warn' or 'ignore', got {check_compiled!r}.")
+        if not isinstance(target_rank, int) or isinstance(target_rank, bool) or target_rank < 1:
+            raise ValueError(f"`target_rank` must be a positive integer, got {target_rank!r}.")
+        if self._adapter_names() and check_compiled == "error":
+            raise ValueError("Call `enable_lora_hotswap` before loading the first adapter.")
+        if self._adapter_names() and check_compiled == "warn":
+            logger.warning("`enable_lora_hotswap` after an adapter is loaded: a compiled model may recompile.")
+        self._prepare_lora_hotswap_kwargs = {"target_rank": target_rank, "check_compiled": check_compiled}
 
     @classmethod
     def load_lora_into_transformer(cls, state_dict, transformer, adapter_name=None, metadata=None, _pipeline=None,
@@ -181,8 +202,9 @@ class VideoARLoraLoaderMixin(LoraBaseMixin):
         self._refuse_while_fused("set_adapters")
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         unknown = [name for name in names if name not in self._adapter_names()]
-        if unknown or not names:
-            raise ValueError(f"Unknown adapter(s) {unknown or names} in `adapter_names`; loaded: {self._adapter_names()}.")
+        if unknown or not names:  # diffusers' wording, which its own tests and users' code match on
+            raise ValueError(f"Adapter name(s) {unknown or names} not in the list of present adapters: "
+                             f"{self._adapter_names()}.")  # fmt: skip
         weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
         scalars = [w.get(TRANSFORMER, 1.0) if isinstance(w, dict) else w for w in weights]
         if len(weights) != len(names) or not all(w is None or is_finite_number(w) for w in scalars):
@@ -303,8 +325,8 @@ def _lora_layers(transformer: torch.nn.Module) -> list[tuple[str, BaseTunerLayer
 
 def _remove_adapter(transformer: torch.nn.Module, adapter_name: str) -> None:
     if adapter_name in getattr(transformer, "peft_config", {}):
-        delete_adapter_layers(transformer, adapter_name)
-        transformer.peft_config.pop(adapter_name, None)
+        delete_adapter_layers(transformer, adapter_name)  # drops `peft_config` itself with the last adapter
+        getattr(transformer, "peft_config", {}).pop(adapter_name, None)
     _put_back_base_layers(transformer, [(n, m) for n, m in _lora_layers(transformer) if not m.lora_A])  # left bare
     if not getattr(transformer, "peft_config", None) and hasattr(transformer, "peft_config"):
         del transformer.peft_config
