@@ -38,6 +38,15 @@ def test_a_forward_hook_on_the_transformer_sees_every_sampling_pass(tiny_pipe):
     assert tiny_pipe.num_timesteps == LATENT_FRAMES * SCALES
 
 
+def test_torch_compile_of_the_transformer_module_sees_sampling(reference):
+    pipe = tiny_pipeline()
+    counts = []
+    backend = lambda graph, example_inputs: counts.append(1) or graph.forward  # noqa: E731  dynamo hands over graphs
+    pipe.transformer.compile(backend=backend, dynamic=True)
+    np.testing.assert_array_equal(frames(pipe), reference)
+    assert counts, "dynamo traced no graph of the sampling passes"
+
+
 def test_model_cpu_offload_gives_identical_frames(reference):
     pipe = tiny_pipeline()
     pipe.enable_model_cpu_offload(device="cpu")

@@ -287,7 +287,7 @@ class VideoARLoraLoaderMixin(LoraBaseMixin):
     def _lora_scale(self, scale: float):
         """Every LoRA update times `scale` for the duration (`attention_kwargs={"scale": ...}`); the scales are
         restored exactly afterwards, `set_adapters` weights included."""
-        layers = _lora_layers(self.transformer)
+        layers = _lora_layers(self.transformer) if self._adapter_names() else []
         saved = [dict(layer.scaling) for _, layer in layers]
         for _, layer in layers:
             layer.scale_layer(scale)
