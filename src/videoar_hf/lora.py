@@ -439,11 +439,58 @@ def _lora_config(weights: dict, metadata: dict | None, source) -> LoraConfig:
     peft_type = str(fields.pop("peft_type", "LORA")).upper().removeprefix("PEFTTYPE.")
     if peft_type != "LORA":
         raise ValueError(f"LoRA adapter {source} is a {peft_type} adapter; only LoRA is supported.")
+    _refuse_unsafe_fields(fields, source)
     known = {f.name for f in dataclasses.fields(LoraConfig)}
     try:
         return LoraConfig(**{k: v for k, v in fields.items() if k in known})
     except (TypeError, ValueError) as error:
         raise ValueError(f"LoRA adapter {source} has an invalid config: {error}") from error
+
+
+# `LoraConfig` fields an adapter from a stranger may set: plain LoRA on linear layers, nothing that touches the base
+# weights (PiSSA, OLoRA, LoftQ, EVA, CorDA initialise by rewriting them), its structure (`layer_replication`,
+# `modules_to_save`, `trainable_token_indices`, `target_parameters`) or adds weights we do not check. Every other
+# field must keep peft's default.
+SAFE_LORA_FIELDS = {
+    "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode", "r",
+    "target_modules", "exclude_modules", "lora_alpha", "lora_dropout", "fan_in_fan_out", "use_rslora",
+    "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "init_lora_weights", "bias",
+}  # fmt: skip
+SAFE_INIT_LORA_WEIGHTS = (True, False, "gaussian")  # they initialise A and B only, never the base layer
+# peft matches these as regular expressions; without quantifiers, groups or classes a match takes linear time
+PATTERN_FIELDS = ("target_modules", "exclude_modules", "layers_pattern")
+LINEAR_TIME_PATTERN = re.compile(r"^[\w.^$|-]*$")
+MAX_PATTERN_LENGTH = 4096
+
+
+def _refuse_unsafe_fields(fields: dict, source) -> None:
+    defaults = LoraConfig()
+    for name, value in fields.items():
+        if name in SAFE_LORA_FIELDS or not hasattr(defaults, name) or value == getattr(defaults, name):
+            continue
+        if value in (None, {}, []) and getattr(defaults, name) in (None, {}, []):
+            continue
+        raise ValueError(
+            f"LoRA adapter {source}: `{name}` = {value!r} is refused; it would change the base model's weights or "
+            f"structure. Only plain LoRA on linear layers loads (fields {sorted(SAFE_LORA_FIELDS)})."
+        )
+    if fields.get("init_lora_weights", True) not in SAFE_INIT_LORA_WEIGHTS:
+        raise ValueError(
+            f"LoRA adapter {source}: `init_lora_weights` = {fields['init_lora_weights']!r} is refused; it initialises "
+            f"by rewriting the base weights. Allowed: {list(SAFE_INIT_LORA_WEIGHTS)}."
+        )
+    if fields.get("bias", "none") != "none":
+        raise ValueError(f"LoRA adapter {source}: `bias` = {fields['bias']!r} is refused; it trains the base layers' "
+                         "biases. Allowed: 'none'.")  # fmt: skip
+    patterns = [(name, fields.get(name)) for name in PATTERN_FIELDS]
+    patterns += [(f"{name} key", key) for name in ("rank_pattern", "alpha_pattern") for key in (fields.get(name) or {})]
+    for name, value in patterns:
+        for pattern in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_LENGTH or not LINEAR_TIME_PATTERN.match(pattern):
+                raise ValueError(
+                    f"LoRA adapter {source}: `{name}` {str(pattern)[:80]!r} is refused: patterns may hold only names, "
+                    "'.', '^', '$' and '|' (no quantifiers, groups or classes), so matching them cannot hang."
+                )
 
 
 def _check_adapter_fits(transformer: torch.nn.Module, config: LoraConfig, state_dict: dict, source) -> None:
