@@ -115,3 +115,103 @@ def test_plain_name_patterns_still_load(tiny_pipe, tmp_path):
     folder = adapter_with(tmp_path, tiny_pipe, target_modules="|".join(names))  # peft: a full match of one name
     tiny_pipe.load_lora_weights(folder, adapter_name="x")
     assert tiny_pipe.get_list_adapters() == {"transformer": ["x"]}
+
+
+# ------------------------------------------------------------------ 3, 4. folders: safetensors only, nothing missing
+
+
+@pytest.fixture
+def saved(tiny_pipe, tmp_path, monkeypatch):
+    """A saved tiny pipeline, and a guard that fails the test if anything reaches an unpickler."""
+    import pickle
+
+    def unpickler(*args, **kwargs):
+        raise AssertionError("an unpickler was reached")
+
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    monkeypatch.setattr(torch, "load", unpickler)
+    monkeypatch.setattr(pickle, "load", unpickler)
+    monkeypatch.setattr(pickle, "Unpickler", unpickler)
+    return tmp_path / "pipe"
+
+
+def load(folder, **kwargs):
+    from videoar_hf import VideoARPipeline
+
+    return VideoARPipeline.from_pretrained(folder, **kwargs)
+
+
+def edit_index(folder, **changes):
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, **changes}))
+
+
+@pytest.mark.parametrize("slot", ["transformer", "video_tokenizer", "text_encoder", "tokenizer"])
+def test_a_pickle_in_any_slot_is_refused_by_name(saved, slot):
+    (saved / slot / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(ValueError, match=rf"`{slot}` holds .*pytorch_model.bin, a pickle-format file"):
+        load(saved)
+
+
+@pytest.mark.parametrize("slot, weights", [("transformer", "model.safetensors"), ("text_encoder", "model.safetensors"),
+                                           ("video_tokenizer", "diffusion_pytorch_model.safetensors")])  # fmt: skip
+def test_a_decoy_weight_name_with_a_pickle_is_refused(saved, slot, weights):
+    (saved / slot / weights).rename(saved / slot / "decoy.txt")
+    (saved / slot / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(ValueError, match="pickle-format"):
+        load(saved)
+    (saved / slot / "pytorch_model.bin").unlink()
+    with pytest.raises(ValueError, match=rf"Missing weights for `{slot}`"):
+        load(saved)
+
+
+@pytest.mark.parametrize(
+    "slot, spec, match",
+    [("tokenizer", ["transformers", "BertModel"], "must hold a PreTrainedTokenizerBase"),
+     ("text_encoder", ["transformers", "BertTokenizer"], "must hold a PreTrainedModel"),
+     ("transformer", ["os", "system"], "names the library 'os'"),
+     ("video_tokenizer", ["videoar_hf.modeling_tokenizer", "NoSuchClass"], "does not exist"),
+     ("transformer", "VideoARTransformer", r"must be \[library, class name\]")],
+)  # fmt: skip
+def test_a_slot_must_name_a_class_of_its_kind(saved, slot, spec, match):
+    edit_index(saved, **{slot: spec})
+    with pytest.raises(ValueError, match=match):
+        load(saved)
+
+
+@pytest.mark.parametrize("index", ["[1, 2]", "{}", "not json", '{"scheduler": ["diffusers", "DDIMScheduler"]}'])
+def test_a_broken_model_index_is_named(saved, index):
+    (saved / "model_index.json").write_text(index)
+    with pytest.raises(ValueError, match="model_index.json"):
+        load(saved)
+
+
+def test_a_missing_tokenizer_folder_is_an_error_not_a_five_token_vocabulary(saved):
+    import shutil
+
+    shutil.rmtree(saved / "tokenizer")
+    with pytest.raises(ValueError, match="`tokenizer` is missing"):
+        load(saved)
+
+
+def test_missing_or_unexpected_weights_name_the_component_and_keys(saved):
+    from safetensors.torch import load_file, save_file
+
+    path = saved / "transformer" / "model.safetensors"
+    tensors = load_file(path)
+    kept = dict(list(tensors.items())[: len(tensors) // 2])
+    save_file(kept, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"`transformer` is missing weights .*: \S+, .* and \d+ more"):
+        load(saved)
+    save_file({**tensors, "layers.9.extra.weight": torch.zeros(1)}, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"`transformer` has unexpected weights .*layers.9.extra.weight"):
+        load(saved)
+
+
+@pytest.mark.parametrize("field, value", [("num_hidden_layers", -1), ("num_hidden_layers", 0), ("hidden_size", 0),
+                                          ("num_attention_heads", -2), ("latent_bits", 0), ("rope_theta", -1.0)])  # fmt: skip
+def test_configs_are_validated_on_load(saved, field, value):
+    config = json.loads((saved / "transformer" / "config.json").read_text())
+    (saved / "transformer" / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(Exception, match=field):
+        load(saved)

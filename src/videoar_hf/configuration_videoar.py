@@ -72,6 +72,17 @@ class VideoARConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Runs on construction (`@strict`): every error names the field and what is allowed."""
+        sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "latent_bits",
+                 "text_hidden_size")  # fmt: skip
+        for field in sizes:
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{field}` must be a positive integer, got {value!r}.")
+        for field in ("rope_theta", "rms_norm_eps"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"`{field}` must be > 0, got {getattr(self, field)!r}.")
+        if not 0 <= self.attention_dropout < 1:
+            raise ValueError(f"`attention_dropout` must be in [0, 1), got {self.attention_dropout!r}.")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "

@@ -16,7 +16,6 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, logging
 from diffusers.video_processor import VideoProcessor
 from huggingface_hub import CommitInfo, HfApi, ModelCard, snapshot_download
-from safetensors import safe_open
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic_directory import atomic_directory
@@ -26,6 +25,7 @@ from .hub import upload_pipeline_folder
 from .lora import VideoARLoraLoaderMixin, is_finite_number
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
+from .pipeline_folder import check_loaded_weights, check_pipeline_folder
 from .sampling import sample_bits
 
 logger = logging.get_logger(__name__)
@@ -101,7 +101,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "VideoARPipeline":
         """Load from a local folder or a Hub repo id. Every component ends up in `dtype` (alias `torch_dtype`), fp32
         by default; a dict such as `{"transformer": torch.bfloat16, "default": torch.float32}` sets it per component.
-        Weight files are checked first, so a missing or corrupt one is named in the error."""
+        The folder is checked first (`pipeline_folder.check_pipeline_folder`): classes of the right kind, safetensors
+        only, nothing missing; a missing, corrupt or pickle file is named in the error, and so are weights that do
+        not match their model after loading."""
         dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
         if dtype is not None and torch_dtype is not None:
             raise ValueError("Pass `dtype` or its alias `torch_dtype`, not both.")
@@ -115,8 +117,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if not os.path.isdir(folder):
             download_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
             folder = cls.download(folder, **download_kwargs)
-        _check_weight_files(folder)
-        pipe = super().from_pretrained(folder, dtype=dtype, **kwargs)
+        check_pipeline_folder(folder, kwargs.get("variant"))
+        pipe = super().from_pretrained(folder, dtype=dtype, use_safetensors=True, **kwargs)
+        check_loaded_weights(pipe, folder, kwargs.get("variant"), skip=tuple(k for k in kwargs if k in pipe.components))
         for name, component in pipe.components.items():  # transformers keeps a checkpoint's dtype unless told otherwise
             wanted = dtype.get(name, dtype["default"]) if isinstance(dtype, dict) else dtype
             if isinstance(component, torch.nn.Module) and component.dtype != wanted:
@@ -629,22 +632,3 @@ def _write_diffusion_pipeline_shim(folder: Path, class_name: str) -> None:
         if config_path.name == "model_index.json":
             config["_class_name"] = [SHIM_MODULE, class_name]
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _check_weight_files(folder: str) -> None:
-    """Fail early, naming the file, when a model component's safetensors weights are missing or unreadable."""
-    index_path = Path(folder) / "model_index.json"
-    if not index_path.is_file():
-        raise ValueError(f"{folder!r} is not a VideoAR pipeline folder: it has no `model_index.json`.")
-    for name, spec in json.loads(index_path.read_text()).items():
-        if not (isinstance(spec, list) and name in ("video_tokenizer", "transformer", "text_encoder")):
-            continue
-        weights = sorted((Path(folder) / name).glob("*.safetensors"))
-        if not weights:
-            raise ValueError(f"Missing weights for `{name}`: no `*.safetensors` file in {Path(folder) / name}.")
-        for path in weights:
-            try:
-                with safe_open(path, framework="pt") as f:
-                    f.keys()
-            except Exception as error:  # safetensors raises its own error types for corrupt headers
-                raise ValueError(f"Corrupt weight file {path}: {error}") from error
