@@ -5,6 +5,7 @@ change to the pipeline (the same seed gives bit-identical output after the faile
 """
 
 import dataclasses
+import os
 import json
 
 import numpy as np
@@ -215,3 +216,44 @@ def test_configs_are_validated_on_load(saved, field, value):
     (saved / "transformer" / "config.json").write_text(json.dumps({**config, field: value}))
     with pytest.raises(Exception, match=field):
         load(saved)
+
+
+# ------------------------------------------------------------------ 5. a replace is atomic for readers
+
+
+def test_readers_never_find_the_folder_missing_while_it_is_replaced(tiny_pipe, tmp_path):
+    import threading
+
+    target = tmp_path / "pipe"
+    tiny_pipe.save_pretrained(target)
+    misses, looks, done = [0], [0], threading.Event()
+
+    def read():
+        while not done.is_set():
+            looks[0] += 1
+            if not (target / "model_index.json").is_file():
+                misses[0] += 1
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(15):
+        tiny_pipe.save_pretrained(target)
+    done.set()
+    reader.join()
+    assert looks[0] > 100 and misses[0] == 0, f"absent {misses[0]} times in {looks[0]} looks"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_a_save_removes_what_an_interrupted_save_left(tiny_pipe, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    for leftover in (f".pipe.tmp-{pid}-abc123", f".pipe.old-{pid}-0123abcd", f".other.tmp-{pid}-abc"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "big.safetensors").write_bytes(b"0" * 1000)
+    live = tmp_path / f".pipe.tmp-{os.getpid()}-inprogress"  # a save in progress in a live process stays
+    live.mkdir()
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{pid}-abc", live.name, "pipe"]
