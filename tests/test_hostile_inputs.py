@@ -19,7 +19,9 @@ PROMPT = "a red circle moving left"
 
 
 def frames(pipe, seed=0, **kwargs):
-    return pipe(PROMPT, num_frames=5, generator=torch.Generator().manual_seed(seed), **kwargs).frames
+    kwargs.setdefault("num_frames", 5)
+    kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
+    return pipe(PROMPT, **kwargs).frames
 
 
 def weights(pipe):
@@ -257,3 +259,91 @@ def test_a_save_removes_what_an_interrupted_save_left(tiny_pipe, tmp_path):
     live.mkdir()
     tiny_pipe.save_pretrained(tmp_path / "pipe")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".other.tmp-{pid}-abc", live.name, "pipe"]
+
+
+# ------------------------------------------------------------------ 6, 7. every argument checked, sizes bounded
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_frames=4_000_001), r"`num_frames` = 4000001 .* needs about .* GiB, but .* free: at most \d+ frames fit"),
+    (dict(num_videos_per_prompt=10**7), r"at most \d+ video\(s\)"),
+])  # fmt: skip
+def test_sizes_beyond_the_machine_are_refused_with_the_maximum(tiny_pipe, kwargs, match):
+    video = frames(tiny_pipe)
+    with pytest.raises(ValueError, match=match):
+        frames(tiny_pipe, **kwargs)
+    np.testing.assert_array_equal(frames(tiny_pipe), video)
+
+
+BAD_ARGUMENTS = [
+    ("num_frames", "17"), ("num_frames", 17.0), ("num_frames", None), ("num_frames", True), ("num_frames", 0),
+    ("height", "32"), ("height", 0), ("height", 32.5), ("width", {}), ("width", -32),
+    ("guidance_scale", None), ("guidance_scale", {"a": 1}), ("guidance_scale", float("nan")),
+    ("top_p", "0.9"), ("top_p", None), ("top_p", float("nan")), ("top_k", 1.5), ("temperature", "1"),
+    ("temperature", float("inf")), ("temperature", 0), ("max_sequence_length", 0), ("max_sequence_length", "77"),
+    ("generator", 0), ("generator", [0]), ("generator", []), ("callback_on_step_end", "print"),
+    ("callback_on_step_end_tensor_inputs", "latents"), ("decode_chunk_size", 0), ("return_dict", "yes"),
+    ("num_videos_per_prompt", 2.0), ("negative_prompt", 3), ("negative_prompt", []),
+    ("image", "missing.png"), ("image", []), ("video", []), ("image", 3),
+    ("image", np.full((32, 32, 3), np.nan, dtype=np.float32)), ("image", np.full((32, 32, 3), 7.0, dtype=np.float32)),
+    ("video", torch.full((5, 3, 32, 32), float("inf"))), ("image", np.zeros((32, 32, 3), dtype=np.int64)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, value", BAD_ARGUMENTS, ids=[f"{n}={v!r}"[:40] for n, v in BAD_ARGUMENTS])
+def test_a_wrong_argument_is_named_before_any_work(tiny_pipe, name, value, monkeypatch):
+    video = frames(tiny_pipe)
+    encoded = []
+    monkeypatch.setattr(tiny_pipe, "_encode_texts", lambda *a, **k: encoded.append(1))
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        frames(tiny_pipe, **{name: value})
+    assert not encoded, "the text was encoded before the arguments were checked"
+    monkeypatch.undo()
+    np.testing.assert_array_equal(frames(tiny_pipe), video)
+
+
+def test_a_wrong_prompt_is_named(tiny_pipe):
+    for prompt in (None, 3, [], [1, 2], "x" * 200_001):
+        with pytest.raises(ValueError, match="`prompt`"):
+            tiny_pipe(prompt, num_frames=5)
+
+
+# ------------------------------------------------------------------ 8. frames in the forms users have them
+
+
+def test_image_modes_and_dtypes_give_the_same_conditioning(tiny_pipe):
+    import PIL.Image
+
+    rgb = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    forms = {
+        "pil": PIL.Image.fromarray(rgb), "uint8 array": rgb, "float array": rgb.astype(np.float32) / 255,
+        "uint8 tensor": torch.from_numpy(rgb).permute(2, 0, 1), "rgba": PIL.Image.fromarray(rgb).convert("RGBA"),
+    }  # fmt: skip
+    latents = {name: frames(tiny_pipe, image=form, output_type="latent")[:, :, 0] for name, form in forms.items()}
+    for name, value in latents.items():
+        torch.testing.assert_close(value, latents["pil"], msg=f"{name} differs from the PIL image")
+    grey = frames(tiny_pipe, image=PIL.Image.fromarray(rgb).convert("L"), output_type="latent")
+    palette = frames(tiny_pipe, image=PIL.Image.fromarray(rgb).convert("P"), output_type="latent")
+    assert grey.shape == palette.shape == frames(tiny_pipe, output_type="latent").shape
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from videoar_hf import VideoARPipeline, shipped_model_path
+
+    pipe = VideoARPipeline.from_pretrained(shipped_model_path())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("form", ["uint8 array", "uint8 tensor", "float array"])
+def test_uint8_and_float_frames_come_back_close_to_the_input(shipped, form):
+    from videoar_hf.shapes import render_clip
+
+    clip = render_clip("red", "circle", "left", size=16, speed=1.0, start=(40.0, 32.0), num_frames=5).video  # uint8
+    given = {"uint8 array": list(clip), "uint8 tensor": torch.from_numpy(clip).permute(0, 3, 1, 2),
+             "float array": clip.astype(np.float32) / 255}[form]  # fmt: skip
+    out = shipped("a red circle moving left", video=given, num_frames=9, generator=torch.Generator().manual_seed(0)).frames
+    mse = float(((out[0, :5] - clip.astype(np.float32) / 255) ** 2).mean())
+    assert 10 * np.log10(1 / mse) > 25, f"the conditioning frames came back at {10 * np.log10(1 / mse):.1f} dB"

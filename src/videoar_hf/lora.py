@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic_directory import atomic_directory
+from .pipeline_inputs import is_finite_number
 
 logger = logging.get_logger(__name__)
 
@@ -313,10 +314,6 @@ class VideoARLoraLoaderMixin(LoraBaseMixin):
                 f"The transformer carries unfused LoRA adapter(s) {self._adapter_names()}. Save the adapter with "
                 "`save_lora_adapter(folder)`, or bake it in with `fuse_lora()` and then save the pipeline."
             )
-
-
-def is_finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _lora_layers(transformer: torch.nn.Module) -> list[tuple[str, BaseTunerLayer]]:

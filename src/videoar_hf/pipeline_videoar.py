@@ -22,10 +22,13 @@ from .atomic_directory import atomic_directory
 from .causal_cnn import causal_streaming
 from .guidance import TEXT_TO_VIDEO, guidance_table
 from .hub import upload_pipeline_folder
-from .lora import VideoARLoraLoaderMixin, is_finite_number
+from .lora import VideoARLoraLoaderMixin
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
 from .pipeline_folder import check_loaded_weights, check_pipeline_folder
+from .pipeline_inputs import (
+    available_memory_bytes, check_scalars, check_texts, frames_for_processor, is_finite_number, sampling_bytes,
+)  # fmt: skip
 from .sampling import sample_bits
 
 logger = logging.get_logger(__name__)
@@ -209,16 +212,14 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
     # ------------------------------------------------------------------ inputs
 
     def check_inputs(self, o: dict) -> list[str] | None:
-        """Check `__call__`'s arguments `o` by name; return the prompts as a list (`None` when embeddings are given)."""
+        """Check `__call__`'s arguments `o` by name, before anything is encoded or allocated; convert the given
+        frames for the video processor. Return the prompts as a list (`None` when embeddings are given)."""
+        check_scalars(o)
         prompt, prompt_embeds = o["prompt"], o["prompt_embeds"]
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
         if prompt is not None:
-            prompt = [prompt] if isinstance(prompt, str) else prompt
-            if not isinstance(prompt, list) or not all(isinstance(p, str) for p in prompt):
-                raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-            if len(prompt) == 0:
-                raise ValueError("`prompt` is an empty list; pass at least one prompt.")
+            prompt = check_texts("prompt", prompt)
         num_prompts = len(prompt) if prompt is not None else _check_embeds("prompt_embeds", prompt_embeds, None)
         _check_embeds("prompt_attention_mask", o["prompt_attention_mask"], prompt_embeds)
         _check_embeds("negative_prompt_embeds", o["negative_prompt_embeds"], prompt_embeds)
@@ -226,24 +227,15 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         negative_prompt = o["negative_prompt"]
         if negative_prompt is not None and o["negative_prompt_embeds"] is not None:
             raise ValueError("Pass `negative_prompt` or `negative_prompt_embeds`, not both.")
-        if negative_prompt is not None and not isinstance(negative_prompt, (str, list)):
-            raise ValueError(f"`negative_prompt` must be a string or a list of strings, got {negative_prompt!r}.")
+        if negative_prompt is not None:
+            check_texts("negative_prompt", negative_prompt)
         if isinstance(negative_prompt, list) and len(negative_prompt) != num_prompts:
             raise ValueError(
                 f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {num_prompts}; pass one "
                 "negative prompt per prompt, or a single string."
             )
         num_videos_per_prompt = o["num_videos_per_prompt"]
-        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
-            raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
         self.video_tokenizer.validate_video_shape(o["num_frames"], o["height"], o["width"])
-        top_k, top_p, temperature = o["top_k"], o["top_p"], o["temperature"]
-        if not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"`top_k` must be an integer >= 0 (0 disables it), got {top_k!r}.")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {top_p!r}.")
-        if not temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
         batch = num_prompts * num_videos_per_prompt
         if isinstance(o["generator"], list) and len(o["generator"]) != batch:
             raise ValueError(
@@ -254,6 +246,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {o['output_type']!r}.")
         if o["image"] is not None and o["video"] is not None:
             raise ValueError("Pass conditioning frames as `image` or as `video`, not both.")
+        for name in ("image", "video"):
+            if o[name] is not None:
+                o[name] = frames_for_processor(name, o[name])
         if set(o["attention_kwargs"]) != {"scale"} or not is_finite_number(o["attention_kwargs"]["scale"]):
             raise ValueError(f"`attention_kwargs` takes only {{'scale': <finite number>}} (the LoRA scale), got "
                              f"{o['attention_kwargs']!r}.")  # fmt: skip
@@ -263,7 +258,37 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, got "
                 f"{tensor_inputs}."
             )
+        self._check_memory(o, batch)
         return prompt
+
+    def _check_memory(self, o: dict, batch: int) -> None:
+        """Refuse, before allocating anything, a call that would not fit in the free memory; say what would."""
+        free = available_memory_bytes(self._execution_device)
+        if free is None:
+            return
+        f, tau = self.video_tokenizer.config.spatial_compression_ratio, self.video_tokenizer.config.temporal_compression_ratio
+        latent_size = (o["height"] // f, o["width"] // f)
+        text_length = o["max_sequence_length"] or getattr(self.tokenizer, "model_max_length", 512)
+        text_length = min(text_length, 512) if o["prompt_embeds"] is None else o["prompt_embeds"].shape[1]
+        guidance = True  # counted as on: a table may still turn it on
+        chunk = o["decode_chunk_size"]
+
+        def need(num_frames: int, videos: int) -> int:
+            decoded = 0 if o["output_type"] == "latent" else num_frames if chunk is None else min(num_frames, 1 + tau * chunk)
+            return sampling_bytes(self, videos, 1 + (num_frames - 1) // tau, latent_size, text_length, guidance, decoded)
+
+        num_frames = o["num_frames"]
+        if need(num_frames, batch) <= free:
+            return
+        k_fit = _largest(lambda k: need(1 + tau * k, batch) <= free, (num_frames - 1) // tau)
+        batch_fit = _largest(lambda b: need(num_frames, b) <= free, batch)
+        frames_fit = "no length fits" if k_fit is None else f"at most {1 + tau * k_fit} frames fit at this batch"
+        raise ValueError(
+            f"`num_frames` = {num_frames} for {batch} video(s) needs about {need(num_frames, batch) / 2**30:.1f} GiB, "
+            f"but {free / 2**30:.1f} GiB are free: {frames_fit}, and at most {batch_fit or 0} video(s) of "
+            f"{num_frames} frames (`num_videos_per_prompt` x prompts). `decode_chunk_size` or a frame window "
+            "(`transformer.config.frame_mask_window`) lowers the need."
+        )
 
     def encode_prompt(
         self,
@@ -351,8 +376,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
     def _prepare_sampling(self, o: dict) -> "_Sampling":
         """Check `__call__`'s arguments `o` (by name) and do the work before the first forward pass: the text prefix
         and the given frames. The one place that reads the arguments."""
-        o = {**o, "height": o["height"] or self.video_tokenizer.config.sample_size,
-             "width": o["width"] or self.video_tokenizer.config.sample_size}  # fmt: skip
+        size = self.video_tokenizer.config.sample_size
+        o = {**o, "height": size if o["height"] is None else o["height"], "width": size if o["width"] is None else o["width"]}
         if isinstance(o["callback_on_step_end"], (PipelineCallback, MultiPipelineCallbacks)):
             o["callback_on_step_end_tensor_inputs"] = o["callback_on_step_end"].tensor_inputs
         o["callback_on_step_end_tensor_inputs"] = o["callback_on_step_end_tensor_inputs"] or []
@@ -569,6 +594,18 @@ class _Sampling:
     given_bits: list[torch.Tensor]
     device: torch.device
     options: dict
+
+
+def _largest(fits, upper: int) -> int | None:
+    """The largest n in [0, upper] (or [1, upper] when 0 makes no sense) with `fits(n)`; `fits` is monotonic."""
+    lo, hi, best = 0, upper, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def _check_embeds(name: str, value, reference) -> int | None:
