@@ -15,10 +15,11 @@ install_requires = [
     "tqdm",
     "imageio",
     "imageio-ffmpeg",
+    "av",  # decoding with rotation and frame timing, the same for training and for `videoar generate --video`
 ]
 
 extras = {
-    "train": ["datasets>=4.0", "av", "tensorboard", "matplotlib", "pyyaml"],
+    "train": ["datasets>=4.0", "tensorboard", "matplotlib", "pyyaml"],
     "app": ["gradio>=5.0"],
     "quantization": ["torchao>=0.12"],  # int8 weight-only loading through transformers' / diffusers' TorchAoConfig
 }

@@ -347,3 +347,158 @@ def test_uint8_and_float_frames_come_back_close_to_the_input(shipped, form):
     out = shipped("a red circle moving left", video=given, num_frames=9, generator=torch.Generator().manual_seed(0)).frames
     mse = float(((out[0, :5] - clip.astype(np.float32) / 255) ** 2).mean())
     assert 10 * np.log10(1 / mse) > 25, f"the conditioning frames came back at {10 * np.log10(1 / mse):.1f} dB"
+
+
+# ------------------------------------------------------------------ 8, 9, 10. the CLI: one line, exit 2, nothing left
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    from videoar_hf.testing_utils import tiny_pipeline
+
+    path = tmp_path_factory.mktemp("cli") / "tiny"
+    tiny_pipeline().save_pretrained(path)
+    return path
+
+
+def run_cli(capsys, *args) -> tuple[int, list[str]]:
+    from videoar_hf.cli import main
+
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, [line for line in err.splitlines() if line.startswith("videoar")]
+
+
+def broken_copy(cli_model, tmp_path, edit):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(cli_model, folder)
+    edit(folder)
+    return folder
+
+
+def _write(path, text):
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: _write(f / "model_index.json", "[1, 2]"), "model_index.json"),
+    (lambda f: _write(f / "model_index.json", "{}"), "`video_tokenizer`"),
+    (lambda f: _write(f / "transformer" / "config.json", json.dumps(
+        {**json.loads((f / "transformer" / "config.json").read_text()), "num_hidden_layers": "four"})), "num_hidden_layers"),
+    (lambda f: (f / "transformer" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"), "transformer"),
+])  # fmt: skip
+def test_a_broken_model_folder_is_one_line(cli_model, tmp_path, capsys, edit, match):
+    folder = broken_copy(cli_model, tmp_path, edit)
+    code, lines = run_cli(capsys, "generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(folder))
+    assert code == 2 and len(lines) == 1 and match in lines[0], lines
+
+
+def test_wrong_shaped_weights_are_one_line(cli_model, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    def shrink(folder):
+        path = folder / "transformer" / "model.safetensors"
+        tensors = load_file(path)
+        tensors["bit_head.weight"] = torch.zeros(3, 3)
+        save_file(tensors, path, metadata={"format": "pt"})
+
+    code, lines = run_cli(capsys, "generate", "x", "-o", str(tmp_path / "o.mp4"), "--model",
+                          str(broken_copy(cli_model, tmp_path, shrink)))  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "--model" in lines[0], lines
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-o", "{tmp}/folder.mp4"], "is a folder"),
+    (["-o", "/proc/clip.mp4"], "cannot write there"),
+    (["--width", "0"], "--width: must be a positive integer"),
+    (["--seed", "99999999999999999999999"], "--seed: must be in 0 .. 2**64 - 1"),
+    (["--num-frames", "abc"], "--num-frames"),
+    (["--model", "org/nonexistent"], "not in the local cache (offline"),
+])  # fmt: skip
+def test_cli_bad_generate_arguments_are_one_line(cli_model, tmp_path, capsys, args, match):
+    (tmp_path / "folder.mp4").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(cli_model)]
+    if "-o" not in args:
+        args += ["-o", str(tmp_path / "o.mp4")]
+    code, lines = run_cli(capsys, "generate", "a red circle", *args)
+    assert code == 2 and len(lines) == 1 and match in lines[0], lines
+
+
+@pytest.mark.parametrize("args, match", [(["-o", "{file}"], "is a file"), (["--resolution", "0"], "--resolution")])
+def test_cli_bad_eval_arguments_are_one_line(cli_model, tmp_path, capsys, args, match):
+    (tmp_path / "file").write_text("")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    code, lines = run_cli(capsys, "eval", "--model", str(cli_model), *args)
+    assert code == 2 and len(lines) == 1 and match in lines[0], lines
+
+
+def test_a_non_video_is_one_short_line(cli_model, tmp_path, capsys):
+    fake = tmp_path / "notvideo.mp4"
+    fake.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"junk" * 1000)
+    code, lines = run_cli(capsys, "generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(cli_model),
+                          "--video", str(fake))  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "cannot be read as a video" in lines[0] and len(lines[0]) <= 600
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_adapter_is_one_line_from_the_cli(cli_model, tmp_path, capsys):
+    from videoar_hf.testing_utils import tiny_pipeline
+
+    folder = tiny_lora_adapter(tiny_pipeline().transformer, tmp_path / "evil", seed=1)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": "([a-z0-9_.]|[a-z0-9_.])*Z"}))
+    code, lines = run_cli(capsys, "generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(cli_model),
+                          "--lora", str(folder))  # fmt: skip
+    assert code == 2 and len(lines) == 1 and "target_modules" in lines[0]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_no_file(cli_model, tmp_path, capsys, monkeypatch):
+    from videoar_hf import VideoARPipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VideoARPipeline, "__call__", interrupted)
+    out = tmp_path / "o.mp4"
+    code, lines = run_cli(capsys, "generate", "x", "-o", str(out), "--model", str(cli_model))
+    assert code == 130 and lines == ["videoar: interrupted"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_video_continuation_reads_the_needed_frames_at_the_fps_cropped_as_in_training(tmp_path, capsys):
+    """A 25 fps 640x272 clip: 13 frames at 8 fps are the context, centre-cropped (not squashed) to 64x64."""
+    import av
+    import imageio.v3 as iio
+
+    from videoar_hf.media import frames_to_clip, read_video_frames
+
+    source = np.zeros((60, 272, 640, 3), np.uint8)
+    for t in range(60):  # a red square drifting right, at 25 fps, over black as in Shapes
+        source[t, 100:172, 200 + 4 * t : 272 + 4 * t] = (220, 30, 30)
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 640, 272, "yuv420p"
+        for frame in source:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    out = tmp_path / "out.mp4"
+    code, lines = run_cli(capsys, "generate", "a red square moving right", "-o", str(out), "--video", str(path),
+                          "--num-frames", "17", "--fps", "8")  # fmt: skip
+    assert code == 0, lines
+    got = iio.imread(out).astype(np.float32) / 255
+    assert got.shape[0] == 17
+    cropped = ((frames_to_clip(read_video_frames(path, 13, fps=8), (64, 64)) + 1) / 2).permute(1, 2, 3, 0).numpy()
+    squashed = np.stack([np.asarray(__import__("PIL.Image").Image.fromarray(f).resize((64, 64)))
+                         for f in read_video_frames(path, 13, fps=8)]).astype(np.float32) / 255  # fmt: skip
+
+    def psnr(a, b):
+        return 10 * np.log10(1 / float(((a - b) ** 2).mean()))
+
+    assert psnr(got[:13], cropped) > 22, psnr(got[:13], cropped)
+    assert psnr(got[:13], cropped) > psnr(got[:13], squashed) + 3

@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from videoar_hf.video_data import collate_clips, frames_to_clip, load_video_dataset
+from videoar_hf.media import frames_to_clip
+from videoar_hf.video_data import collate_clips, load_video_dataset
 
 # frame i of a test video is solid gray GRAY_STEP * i, so a clip tells which source frames it holds
 GRAY_STEP = 10

@@ -15,8 +15,44 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+MAX_MESSAGE = 500  # characters of an error on the one line the CLI prints
+
+
+def one_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error, shortened: libraries' messages (ffmpeg, the Hub) run to paragraphs."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse turns a ValueError here into its one-line usage error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. 2**64 - 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints its usage too; we print one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videoar", description="VideoAR: autoregressive video generation.")
+    parser = _Parser(prog="videoar", description="VideoAR: autoregressive video generation.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="Generate a video from a prompt.")
     gen.add_argument("prompt", help="What the video shows.")
@@ -27,22 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="Pipeline folder or Hub repo id. Default: the VideoAR-Shapes model shipped with the package, or, where "
         "none is installed, a tiny randomly initialised pipeline that shows the pipeline runs but makes noise.",
     )
-    gen.add_argument("--num-frames", type=int, default=17, help="Pixel frames, 1 + 4k for the default tokenizer.")
-    gen.add_argument("--height", type=int, default=None, help="Pixel height (default: the model's sample size).")
-    gen.add_argument("--width", type=int, default=None, help="Pixel width (default: the model's sample size).")
-    gen.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    gen.add_argument("--num-frames", type=positive_int, default=17, help="Pixel frames, 1 + 4k for the default tokenizer.")
+    gen.add_argument("--height", type=positive_int, default=None, help="Pixel height (default: the model's sample size).")
+    gen.add_argument("--width", type=positive_int, default=None, help="Pixel width (default: the model's sample size).")
+    gen.add_argument("--seed", type=seed, default=0, help="Random seed (default: 0).")
     gen.add_argument(
         "--guidance-scale",
         default="text-to-video",
         help="A number, or a schedule name: text-to-video (5 -> 3, default) or class-conditional.",
     )
-    gen.add_argument("--top-k", type=int, default=0, help="Per-bit top-k; 0 disables it, 1 is greedy.")
+    gen.add_argument("--top-k", type=non_negative_int, default=0, help="Per-bit top-k; 0 disables it, 1 is greedy.")
     gen.add_argument("--top-p", type=float, default=1.0, help="Per-bit top-p in (0, 1].")
     gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature, > 0.")
-    gen.add_argument("--fps", type=int, default=8, help="Frames per second of the output file (default: 8).")
+    gen.add_argument("--fps", type=positive_int, default=8,
+                     help="Frames per second of the output file, and of the frames read from --video (default: 8).")
     given = gen.add_mutually_exclusive_group()
-    given.add_argument("--image", default=None, help="Continue from this image (image-to-video).")
-    given.add_argument("--video", default=None, help="Continue this video; its first 1 + 4k frames are used.")
+    given.add_argument("--image", default=None,
+                       help="Continue from this image (image-to-video), resized and centre-cropped as in training.")
+    given.add_argument("--video", default=None,
+                       help="Continue this video: up to --num-frames minus 4 of its first frames (1 + 4k), read at --fps, "
+                       "resized and centre-cropped as in training.")
     gen.add_argument("--gif", action="store_true", help="Also write a GIF beside the output.")
     gen.add_argument(
         "--stream", action="store_true", help="Decode frames as soon as each is sampled and report them on stderr."
@@ -64,12 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--new-colours", nargs="+", default=[], metavar="NAME=R,G,B",
                     help="Colours a finetune added, e.g. orange=255,128,0: known to every suite, prompted by new_colours.")
     ev.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="As for generate.")
-    ev.add_argument("--num-prompts", type=int, default=100, help="Prompts of the train and continuation suites.")
-    ev.add_argument("--seeds-per-held-out", type=int, default=20, help="Seeds per held-out triple.")
-    ev.add_argument("--num-frames", type=int, default=17, help="Frames per generated video.")
-    ev.add_argument("--resolution", type=int, default=64, help="Pixel side of generated videos.")
+    ev.add_argument("--num-prompts", type=positive_int, default=100, help="Prompts of the train and continuation suites.")
+    ev.add_argument("--seeds-per-held-out", type=positive_int, default=20, help="Seeds per held-out triple.")
+    ev.add_argument("--num-frames", type=positive_int, default=17, help="Frames per generated video.")
+    ev.add_argument("--resolution", type=positive_int, default=64, help="Pixel side of generated videos.")
     ev.add_argument("--guidance-scale", default=None, help="A number or a schedule name (default: the pipeline's).")
-    ev.add_argument("--batch-size", type=int, default=8, help="Videos generated per pipeline call.")
+    ev.add_argument("--batch-size", type=positive_int, default=8, help="Videos generated per pipeline call.")
 
     app = commands.add_parser("app", help="Run the Gradio demo (the Space) locally.")
     app.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
@@ -87,6 +127,7 @@ def _guidance(value: str):
 
 def _load_pipeline(model: str | None):
     import torch
+    from huggingface_hub.errors import StrictDataclassError
 
     from .pipeline_videoar import VideoARPipeline
 
@@ -106,14 +147,19 @@ def _load_pipeline(model: str | None):
             pipe = tiny_pipeline(sample_size=64, scale_schedule=(1, 2, 4, 8))
             pipe.set_progress_bar_config(disable=False)
             return pipe
-    if not os.path.isdir(model) and model.count("/") != 1:
+    if not os.path.isdir(model) and (model.count("/") != 1 or model.startswith((".", "/")) or os.path.exists(model)):
         raise UsageError(f"--model {model!r} is neither a folder nor a Hub repo id (org/name).")
     try:
         return VideoARPipeline.from_pretrained(model, dtype=torch.float32)
-    except ValueError as error:
-        raise UsageError(f"--model {model!r}: {error}") from error
     except OSError as error:
-        raise UsageError(f"--model {model!r} could not be loaded: {error}") from error
+        from huggingface_hub.constants import HF_HUB_OFFLINE
+
+        if not os.path.isdir(model) and HF_HUB_OFFLINE:
+            raise UsageError(f"--model {model!r}: no such folder, and that Hub repo is not in the local cache "
+                             "(offline: HF_HUB_OFFLINE is set).") from error  # fmt: skip
+        raise UsageError(f"--model {model!r} could not be loaded: {one_line(error)}") from error
+    except (ValueError, TypeError, KeyError, RuntimeError, StrictDataclassError) as error:  # bad configs or weights
+        raise UsageError(f"--model {model!r}: {one_line(error)}") from error
 
 
 def _parse_lora(value: str) -> tuple[str, float]:
@@ -136,7 +182,7 @@ def _load_loras(pipe, values: list[str]) -> None:
         try:
             pipe.load_lora_weights(path, adapter_name=f"lora_{i}")
         except ValueError as error:
-            raise UsageError(f"--lora {value!r}: {error}") from error
+            raise UsageError(f"--lora {value!r}: {one_line(error)}") from error
         names.append(f"lora_{i}")
         scales.append(scale)
     try:
@@ -164,25 +210,46 @@ def _write_video(frames, output: Path, fps: int) -> None:
             os.remove(tmp)
 
 
-def _read_conditioning(args, temporal_compression: int):
-    """The `--image` / `--video` frames for the pipeline, or None; unreadable files are a usage error."""
+def _read_conditioning(args, pipe) -> dict:
+    """The `--image` / `--video` frames for the pipeline: decoded upright, at `--fps`, only as many as are used, and
+    resized and centre-cropped to the video's size as in training (`media.frames_to_clip`)."""
     if args.image is None and args.video is None:
         return {}
-    path = args.image or args.video
-    flag = "--image" if args.image else "--video"
+    from .media import frames_to_clip, read_image_frame, read_video_frames
+
+    path, flag = (args.image, "--image") if args.image else (args.video, "--video")
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path!r}: no such file.")
+    tau = pipe.video_tokenizer.config.temporal_compression_ratio
+    size = pipe.video_tokenizer.config.sample_size
     try:
         if args.image:
-            import PIL.Image
+            frames = [read_image_frame(path)]
+        else:  # the video must leave at least its last latent frame to be generated
+            frames = read_video_frames(path, max(1, args.num_frames - tau), fps=args.fps)
+    except Exception as error:  # PIL and PyAV raise many types for a missing, empty or broken file
+        kind = "an image" if args.image else "a video"
+        raise UsageError(f"{flag} {path!r} cannot be read as {kind}: {one_line(error)}") from error
+    if not frames:
+        raise UsageError(f"{flag} {path!r} has no frames.")
+    frames = frames[: 1 + (len(frames) - 1) // tau * tau]  # 1 + tau * k
+    clip_3THW = frames_to_clip(frames, (args.height or size, args.width or size))
+    frames_T3HW = ((clip_3THW + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)
+    return {"image": frames_T3HW[0]} if args.image else {"video": frames_T3HW}
 
-            with PIL.Image.open(path) as image:
-                return {"image": image.convert("RGB")}
-        import imageio.v3 as iio
 
-        frames = iio.imread(path, index=None, plugin="FFMPEG")
-    except Exception as error:  # PIL and ffmpeg raise many types for a missing, empty or broken file
-        raise UsageError(f"{flag} {path!r} cannot be read: {error}") from error
-    usable = 1 + (len(frames) - 1) // temporal_compression * temporal_compression
-    return {"video": [frame for frame in frames[:usable]]}
+def _check_writable(output: Path, flag: str) -> None:
+    """Fail now, not after generating: the output must be a file path in a folder this process can write to."""
+    if output.is_dir():
+        raise UsageError(f"{flag} {str(output)!r} is a folder; give a file name.")
+    if not output.parent.is_dir():
+        raise UsageError(f"{flag} {str(output)!r}: the folder {str(output.parent)!r} does not exist.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise UsageError(f"{flag} {str(output)!r}: cannot write there ({one_line(error)}).") from error
 
 
 def _stream(pipe, prompt: str, options: dict):
@@ -202,16 +269,15 @@ def generate(args: argparse.Namespace) -> Path:
     output = Path(args.output)
     if output.suffix.lower() not in VIDEO_EXTENSIONS:
         raise UsageError(f"--output {str(output)!r}: unsupported extension; use one of {list(VIDEO_EXTENSIONS)}.")
-    if not output.parent.exists() or not os.access(output.parent, os.W_OK):
-        raise UsageError(f"--output {str(output)!r}: the folder {str(output.parent)!r} does not exist or is not writable.")
-    if args.fps < 1:
-        raise UsageError(f"--fps must be >= 1, got {args.fps}.")
+    _check_writable(output, "--output")
+    if args.gif and output.suffix.lower() != ".gif":
+        _check_writable(output.with_suffix(".gif"), "--gif")
 
     import torch
 
     pipe = _load_pipeline(args.model)
     _load_loras(pipe, args.lora)
-    conditioning = _read_conditioning(args, pipe.video_tokenizer.config.temporal_compression_ratio)
+    conditioning = _read_conditioning(args, pipe)
     options = dict(
         **conditioning,
         num_frames=args.num_frames,
@@ -237,9 +303,8 @@ def evaluate(args: argparse.Namespace) -> str:
     from .evaluation import metrics_markdown, run_evaluation
     from .shapes import parse_colour
 
-    for flag in ("num_prompts", "seeds_per_held_out", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UsageError(f"--output-dir {args.output_dir!r} is a file; give a folder.")
     try:
         new_colours = dict(parse_colour(spec) for spec in args.new_colours)
     except ValueError as error:
@@ -277,8 +342,8 @@ def run_app(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if args.command == "generate":
             print(generate(args))
         elif args.command == "eval":
@@ -286,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "app":
             run_app(args)
     except UsageError as error:
-        print(f"videoar: error: {error}", file=sys.stderr)
+        print(f"videoar: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outputs are written by rename, so nothing half-written is left
+        print("videoar: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
