@@ -16,7 +16,6 @@ standard PEFT files (`adapter_config.json`, `adapter_model.safetensors`) and a m
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from train_videoar import TextEncoder, train
 
 from videoar_hf import VideoARPipeline, shipped_model_path
-from videoar_hf.training_utils import NonFiniteLossError, add_training_args, check_training_args, make_accelerator
+from videoar_hf.training_utils import add_training_args, check_training_args, make_accelerator, run_script
 
 ADAPTER_NAME = "default"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -149,8 +148,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except NonFiniteLossError as error:
-        print(f"train_lora: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_script("train_lora", main, parse_args)

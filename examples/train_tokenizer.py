@@ -15,7 +15,6 @@ decoder and keeps its latents. The result is `output_dir/tokenizer`.
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ from videoar_hf.discriminator import Discriminator3D
 from videoar_hf.inflation import inflate_state_dict, reinflate_image_trained
 from videoar_hf.tokenizer_losses import PerceptualLoss, TokenizerLoss
 from videoar_hf.training_utils import (
-    NonFiniteLossError,
     StageSchedule,
     add_training_args,
     all_finite,
@@ -38,6 +36,7 @@ from videoar_hf.training_utils import (
     check_training_args,
     ema_tensors,
     make_accelerator,
+    run_script,
     stage_batches_for,
     start_or_resume,
     stop_on_non_finite_loss,
@@ -246,8 +245,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except NonFiniteLossError as error:
-        print(f"train_tokenizer: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_script("train_tokenizer", main, parse_args)

@@ -13,7 +13,6 @@ with `--resume_from_checkpoint latest`; the result is a whole `VideoARPipeline` 
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoAR
 from videoar_hf.error_correction import error_corrected_pyramid
 from videoar_hf.scale_schedule import get_scale_sizes
 from videoar_hf.training_utils import (
-    NonFiniteLossError,
     StageSchedule,
     add_training_args,
     all_finite,
@@ -36,6 +34,7 @@ from videoar_hf.training_utils import (
     collate,
     ema_tensors,
     make_accelerator,
+    run_script,
     stage_batches_for,
     start_or_resume,
     stop_on_non_finite_loss,
@@ -252,8 +251,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except NonFiniteLossError as error:
-        print(f"train_videoar: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_script("train_videoar", main, parse_args)

@@ -6,6 +6,7 @@ change to the pipeline (the same seed gives bit-identical output after the faile
 
 import dataclasses
 import os
+from pathlib import Path
 import json
 
 import numpy as np
@@ -502,3 +503,58 @@ def test_video_continuation_reads_the_needed_frames_at_the_fps_cropped_as_in_tra
 
     assert psnr(got[:13], cropped) > 22, psnr(got[:13], cropped)
     assert psnr(got[:13], cropped) > psnr(got[:13], squashed) + 3
+
+
+# ------------------------------------------------------------------ 11. a damaged checkpoint stops the resume
+
+
+@pytest.mark.parametrize("damaged", ["random_states_0.pkl", "training_state.json", "model.safetensors"])
+def test_a_damaged_checkpoint_part_stops_the_resume_by_name(tmp_path, damaged, caplog):
+    from accelerate import Accelerator
+
+    from videoar_hf.training_utils import CheckpointManager, LossHistory
+
+    def run():
+        accelerator = Accelerator(cpu=True)
+        model = torch.nn.Linear(4, 4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return accelerator.prepare(model, optimizer), CheckpointManager(accelerator, tmp_path)
+
+    (model, optimizer), checkpoints = run()
+    path = checkpoints.save(1, LossHistory())
+    (path / damaged).write_bytes((path / damaged).read_bytes()[:20])  # truncated, as by a full disk or a kill
+    (model, optimizer), checkpoints = run()
+    with pytest.raises(ValueError, match=f"{damaged} is unreadable"):
+        checkpoints.load(path)
+    if damaged == "random_states_0.pkl":  # the one part a run may knowingly go on without
+        with caplog.at_level("WARNING"):
+            assert checkpoints.load(path, allow_inexact=True)[0] == 1
+        assert "--allow_inexact_resume" in caplog.text
+
+
+# ------------------------------------------------------------------ 10. a missing dataset is named at once
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dataset", ["data/my_clips", "./missing", "/no/such/folder", "org/name"])
+def test_a_missing_dataset_is_one_line_at_once(tmp_path, monkeypatch, capsys, dataset):
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    try:
+        import train_lora
+    finally:
+        sys.path.pop(0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()  # `data/my_clips` then reads as a local path, even though it looks like org/name
+    monkeypatch.setattr(sys, "argv", ["train_lora.py", "--dataset", dataset, "--output_dir", str(tmp_path / "out"),
+                                      "--max_train_steps", "1"])  # fmt: skip
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        from videoar_hf.training_utils import run_script
+
+        run_script("train_lora", train_lora.main, train_lora.parse_args)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train_lora")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and dataset in lines[0], lines
+    assert time.perf_counter() - start < 20, "the Hub was retried"

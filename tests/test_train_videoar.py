@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
+from videoar_hf.training_utils import NonFiniteLossError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_videoar.py"
@@ -139,7 +140,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step(components, tmp_path):
 
     script.training_loss = poisoned
     args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "6", "--validation_prompts"))
-    with pytest.raises(script.NonFiniteLossError, match="nan at step 4") as error:
+    with pytest.raises(NonFiniteLossError, match="nan at step 4") as error:
         script.main(args)
     assert "checkpoint-3" in str(error.value)
     state = json.loads((tmp_path / "checkpoint-3" / "training_state.json").read_text())

@@ -14,7 +14,6 @@ rejects its input leaves the pipeline exactly as it was.
 
 import dataclasses
 import json
-import math
 import os
 import re
 import warnings

@@ -11,12 +11,14 @@ import math
 import random
 import re
 import shutil
+import sys
 from dataclasses import MISSING, dataclass, fields
 from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset
 
@@ -28,6 +30,24 @@ logger = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step."""
+
+
+def run_script(prog: str, main, parse_args) -> None:
+    """Run a training script as the `videoar` command runs: bad input (a missing dataset, a wrong option) is one line
+    on stderr and exit status 2, a non-finite loss exit 1, Ctrl-C one line and 130; never a traceback for these."""
+    from .cli import one_line
+
+    try:
+        main(parse_args())
+    except NonFiniteLossError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # checkpoints are written atomically: the last complete one stays usable
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 # ---------------------------------------------------------------- curriculum (PAPER.md §7)
@@ -207,9 +227,15 @@ class CheckpointManager:
         self.accelerator.wait_for_everyone()
         return target
 
-    def load(self, path: Path, extra: dict[str, torch.Tensor] | None = None) -> tuple[int, LossHistory]:
+    def load(self, path: Path, extra: dict[str, torch.Tensor] | None = None, allow_inexact: bool = False) -> tuple[int, LossHistory]:
         """Restore accelerate's state (models, optimizers, schedulers, RNGs) and copy the saved `extra` tensors into
-        the given ones; return the step and the loss history."""
+        the given ones; return the step and the loss history.
+
+        Every part is checked first: an unreadable one stops the resume with an error naming the file, since accelerate
+        would skip a bad RNG state with an INFO line and the run would silently stop being exact. With
+        `allow_inexact`, a bad RNG state is a warning and the run continues with fresh random numbers.
+        """
+        self._check_readable(path, allow_inexact)
         self.accelerator.load_state(path)
         state = json.loads((path / "training_state.json").read_text())
         saved = load_file(path / "extra.safetensors")
@@ -218,6 +244,34 @@ class CheckpointManager:
                 raise ValueError(f"Checkpoint {str(path)!r} has no `{name}`: was it saved with the same options?")
             tensor.data.copy_(saved[name])
         return state["step"], LossHistory(state["history"])
+
+    def _check_readable(self, path: Path, allow_inexact: bool) -> None:
+        def bad(file: Path, why) -> ValueError:
+            return ValueError(f"--resume_from_checkpoint {str(path)!r}: {file.name} is unreadable ({why}); the "
+                              "checkpoint is damaged. Resume from an earlier one.")  # fmt: skip
+
+        state_file = path / "training_state.json"
+        try:
+            state = json.loads(state_file.read_text())
+            if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("history"), list)):
+                raise ValueError("no step and history")
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            raise bad(state_file, error) from error
+        for weights in sorted(path.glob("*.safetensors")):
+            try:
+                with safe_open(weights, framework="pt") as f:
+                    f.keys()
+            except Exception as error:  # safetensors raises its own types for a truncated header
+                raise bad(weights, error) from error
+        # accelerate's own pickles in a checkpoint folder this run's user made (the one place an unpickler runs)
+        rng_file = path / f"random_states_{self.accelerator.process_index}.pkl"
+        try:
+            torch.load(rng_file, weights_only=False)
+        except Exception as error:  # a missing, truncated or foreign file
+            if not allow_inexact:
+                raise bad(rng_file, error) from error
+            logger.warning(f"{rng_file} is unreadable ({error}); --allow_inexact_resume: continuing with fresh random "
+                           "numbers, so this run will not repeat an uninterrupted one.")  # fmt: skip
 
     def _prune(self) -> None:
         if self.total_limit is None:
@@ -407,6 +461,9 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     out.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable state every N optimizer steps.")
     out.add_argument("--checkpoints_total_limit", type=int, default=3, help="Keep at most this many checkpoints.")
     out.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
+    out.add_argument("--allow_inexact_resume", action="store_true",
+                     help="Resume even if the checkpoint's random-number state is unreadable (with a warning); the run "
+                     "then no longer repeats an uninterrupted one.")  # fmt: skip
     out.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "none"], help="Tracker for loss and learning rate.")
     out.add_argument("--logging_steps", type=int, default=10, help="Log every N optimizer steps.")
 
@@ -478,7 +535,7 @@ def start_or_resume(args, accelerator, extra: dict[str, torch.Tensor], ema=None)
     checkpoints = CheckpointManager(accelerator, args.output_dir, args.checkpoints_total_limit)
     step, history = 0, LossHistory()
     if (path := checkpoints.resolve(args.resume_from_checkpoint)) is not None:
-        step, history = checkpoints.load(path, extra)
+        step, history = checkpoints.load(path, extra, allow_inexact=args.allow_inexact_resume)
         if ema is not None:
             ema.optimization_step = step
         logger.info(f"Resumed from {path} at step {step}.")

@@ -13,9 +13,9 @@ import csv
 import io
 import json
 import os
+import re
 from glob import glob
 
-import av
 import datasets
 import fsspec
 import numpy as np
@@ -262,12 +262,19 @@ def _load_rows(source: str, split: str, streaming: bool, caption_column: str, lo
         return rows.to_iterable_dataset() if streaming else rows
     if os.path.isdir(source):
         _check_metadata(source, caption_column)
-    elif os.path.isabs(source) or source.startswith("."):
-        raise FileNotFoundError(
-            f"{source} does not exist. Expected a folder of videos with metadata.csv or metadata.jsonl, "
-            "a save_to_disk folder, or a Hub dataset id."
-        )
-    return datasets.load_dataset(source, split=split, streaming=streaming, **load_dataset_kwargs)
+    else:
+        hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith(".")
+        # a path whose parent folder exists here is meant as a local folder, even if it reads like org/name
+        if not hub_id or os.path.isdir(os.path.dirname(source)) or datasets.config.HF_HUB_OFFLINE:
+            why = "the Hub is offline, " if hub_id and datasets.config.HF_HUB_OFFLINE else ""
+            raise FileNotFoundError(
+                f"{source!r} does not exist ({why}expected a folder of videos with metadata.csv or metadata.jsonl, a "
+                "save_to_disk folder, or a Hub dataset id)."
+            )
+    try:
+        return datasets.load_dataset(source, split=split, streaming=streaming, **load_dataset_kwargs)
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise FileNotFoundError(f"{source!r} is no folder here, and no Hub dataset of that name loads: {error}") from error
 
 
 def _is_saved_dataset(path: str) -> bool:
