@@ -558,3 +558,90 @@ def test_a_missing_dataset_is_one_line_at_once(tmp_path, monkeypatch, capsys, da
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train_lora")]
     assert exit_info.value.code == 2 and len(lines) == 1 and dataset in lines[0], lines
     assert time.perf_counter() - start < 20, "the Hub was retried"
+
+
+# ------------------------------------------------------------------ 12. the demo
+
+
+@pytest.fixture(scope="module")
+def demo_client():
+    import socket
+
+    pytest.importorskip("gradio")
+    from gradio_client import Client
+
+    from videoar_hf.app import DemoLimits, build_demo
+    from videoar_hf.testing_utils import tiny_pipeline
+
+    demo = build_demo(tiny_pipeline(), DemoLimits(max_frames=9, max_resolution=64, kept_videos=3))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield demo, Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def test_the_demo_offers_only_what_the_pipeline_serves(demo_client):
+    demo, _ = demo_client
+    dropdown = next(c for c in demo.blocks.values() if getattr(c, "label", None) == "Resolution (px)")
+    assert [value for _, value in dropdown.choices] == [8, 16, 32]  # 64 is within the limit but not in the schedule
+    slider = next(c for c in demo.blocks.values() if getattr(c, "label", None) == "Frames")
+    assert (slider.minimum, slider.maximum, slider.step) == (1, 9, 4)
+
+
+def test_the_api_needs_only_the_prompt(demo_client):
+    _, client = demo_client
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
+    required = [p["parameter_name"] for p in parameters if not p["parameter_has_default"]]
+    assert "negative_prompt" not in required and "image" not in required, required
+    _, video, _ = client.predict(prompt="a red circle moving left", num_frames=5, resolution=32, api_name="/generate")
+    assert video
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_frames="abc"), "frames: 'abc' is not a number"), (dict(seed="x", randomize_seed=False), "seed"),
+    (dict(guidance_scale=[1]), "guidance scale"), (dict(image={"path": "/etc/hostname"}), "image: upload an image"),
+    (dict(negative_prompt=3), "negative prompt"),
+])  # fmt: skip
+def test_wrong_api_inputs_are_named(demo_client, kwargs, match):
+    from gradio_client.exceptions import AppError
+
+    _, client = demo_client
+    with pytest.raises(AppError, match=match):
+        client.predict(**{"prompt": "a red circle", "resolution": 32, "num_frames": 5, **kwargs}, api_name="/generate")
+
+
+def test_a_non_image_upload_is_named(demo_client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    _, client = demo_client
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"not a png at all")
+    with pytest.raises(AppError, match="image: the upload is not an image"):
+        client.predict(prompt="a red circle", resolution=32, num_frames=5, image=handle_file(str(fake)), api_name="/generate")
+
+
+def test_the_demo_keeps_a_bounded_number_of_videos(demo_client):
+    _, client = demo_client
+    paths = [client.predict(prompt="a red circle", num_frames=1, resolution=8, api_name="/generate")[1] for _ in range(5)]
+    assert all(paths)
+    import glob
+    import tempfile
+
+    kept = [f for d in glob.glob(f"{tempfile.gettempdir()}/videoar-demo-*") for f in glob.glob(f"{d}/*.mp4")]
+    assert len(kept) <= 3 * len(glob.glob(f"{tempfile.gettempdir()}/videoar-demo-*"))
+
+
+def test_a_rejected_request_logs_one_line_and_no_traceback(demo_client, capfd, caplog):
+    from gradio_client.exceptions import AppError
+
+    _, client = demo_client
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="videoar_hf.app"), pytest.raises(AppError):
+        client.predict(prompt="a red circle", num_frames=7, resolution=32, api_name="/generate")
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.name == "videoar_hf.app"] == [
+        "rejected a request: frames: 7 is not allowed; use 1 + 4k frames, at most 9."
+    ]

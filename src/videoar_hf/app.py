@@ -4,15 +4,21 @@ Frames stream into a preview as each latent frame is sampled; the finished mp4 f
 the server-side handler, so a request through the API meets the same limits as one from the page.
 """
 
+import logging
+import math
 import random
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import PIL.Image
 import torch
 
 from .pipeline_videoar import VideoARPipeline
+
+logger = logging.getLogger(__name__)
 
 EXAMPLE_PROMPTS = (
     "a red circle moving left",
@@ -33,27 +39,73 @@ class DemoLimits:
     max_prompt_length: int = 200
     queue_max_size: int = 16
     concurrency_limit: int = 1
+    kept_videos: int = 8  # finished mp4s kept on disk for the page to fetch; older ones are deleted
+    cache_seconds: int = 600  # how long Gradio keeps its copies of inputs and outputs
 
 
 class RequestError(ValueError):
     """A request outside the limits or the model's reach; the UI shows its message."""
 
 
+def served_resolutions(pipe: VideoARPipeline, limits: DemoLimits) -> list[int]:
+    """Square sides the pipeline serves (a scale-schedule side times the spatial compression), within the limits."""
+    f = pipe.video_tokenizer.config.spatial_compression_ratio
+    return sorted({side * f for side in pipe.video_tokenizer.config.scale_schedule if side * f <= limits.max_resolution})
+
+
+def frame_choices(pipe: VideoARPipeline, limits: DemoLimits) -> list[int]:
+    tau = pipe.video_tokenizer.config.temporal_compression_ratio
+    return list(range(1, limits.max_frames + 1, tau))
+
+
 def check_request(pipe: VideoARPipeline, limits: DemoLimits, prompt, negative_prompt, num_frames, resolution) -> None:
     """Raise `RequestError` naming the first input that is out of bounds."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError("prompt: type what the video should show.")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise RequestError("negative prompt: must be text.")
     for name, text in (("prompt", prompt), ("negative prompt", negative_prompt or "")):
         if len(text) > limits.max_prompt_length:
             raise RequestError(f"{name}: {len(text)} characters; at most {limits.max_prompt_length} are allowed.")
     tau = pipe.video_tokenizer.config.temporal_compression_ratio
-    if not isinstance(num_frames, (int, float)) or not 1 <= num_frames <= limits.max_frames or (num_frames - 1) % tau:
+    if num_frames not in frame_choices(pipe, limits):
         raise RequestError(f"frames: {num_frames} is not allowed; use 1 + {tau}k frames, at most {limits.max_frames}.")
-    f = pipe.video_tokenizer.config.spatial_compression_ratio
-    if not isinstance(resolution, (int, float)) or not f <= resolution <= limits.max_resolution or resolution % f:
-        raise RequestError(
-            f"resolution: {resolution} is not allowed; use a multiple of {f} from {f} to {limits.max_resolution}."
-        )
+    if resolution not in served_resolutions(pipe, limits):
+        raise RequestError(f"resolution: {resolution} is not allowed; use one of {served_resolutions(pipe, limits)}.")
+
+
+def _number(name: str, value, integer: bool = False, low: float = -math.inf, high: float = math.inf):
+    """An API input as a number in [low, high], or a `RequestError` naming it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name}: {str(value)[:40]!r} is not a number.") from None
+    if not math.isfinite(number) or not low <= number <= high or (integer and number != int(number)):
+        kind = "a whole number" if integer else "a number"
+        raise RequestError(f"{name}: {value!r} is not allowed; use {kind} from {low:g} to {high:g}.")
+    return int(number) if integer else number
+
+
+def _uploaded_image(value) -> PIL.Image.Image | None:
+    """The API's raw image (Gradio's file data) as an RGB image; only files Gradio itself received are read."""
+    if value is None:
+        return None
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    path = value.get("path") if isinstance(value, dict) else None
+    if not isinstance(path, str) or not is_in_or_equal(path, get_upload_folder()):
+        raise RequestError("image: upload an image file.")
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, PIL.Image.DecompressionBombError):
+        raise RequestError("image: the upload is not an image.") from None
+
+
+def _keep_newest(folder: Path, count: int) -> None:
+    videos = sorted(folder.glob("*.mp4"), key=lambda p: p.stat().st_mtime)
+    for old in videos[:-count]:
+        old.unlink(missing_ok=True)
 
 
 def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Callable | None = None):
@@ -61,27 +113,35 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
     import gradio as gr
     from diffusers.utils import export_to_video
 
-    default_resolution = pipe.video_tokenizer.config.sample_size
+    resolutions, frame_counts = served_resolutions(pipe, limits), frame_choices(pipe, limits)
+    if not resolutions or not frame_counts:
+        raise ValueError(f"`limits` {limits} leave no resolution or frame count this pipeline serves.")
+    sample_size = pipe.video_tokenizer.config.sample_size
+    default_resolution = sample_size if sample_size in resolutions else resolutions[-1]
     tau = pipe.video_tokenizer.config.temporal_compression_ratio
-    f = pipe.video_tokenizer.config.spatial_compression_ratio
-    default_frames = min(17, 1 + (limits.max_frames - 1) // tau * tau)
+    default_frames = 17 if 17 in frame_counts else frame_counts[-1]
+    videos = Path(tempfile.mkdtemp(prefix="videoar-demo-"))
 
-    def generate(prompt, negative_prompt, num_frames, resolution, seed, randomize_seed, guidance_scale, top_k, top_p,
-                 image, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
+    # inputs arrive unprocessed (`preprocess=False`), so a wrong type from the API gets a message naming it; every
+    # argument has a default, so the API marks only the prompt as required
+    def generate(prompt, negative_prompt="", num_frames=default_frames, resolution=default_resolution, seed=0,
+                 randomize_seed=True, guidance_scale=4.0, top_k=0, top_p=1.0, image=None,
+                 progress=gr.Progress(track_tqdm=True)):  # fmt: skip
         try:
-            num_frames, resolution = int(num_frames), int(resolution)
+            num_frames = _number("frames", num_frames, integer=True, low=1, high=limits.max_frames)
+            resolution = _number("resolution", resolution, integer=True, low=1, high=limits.max_resolution)
             check_request(pipe, limits, prompt, negative_prompt, num_frames, resolution)
-            seed = random.randint(0, MAX_SEED) if randomize_seed else int(seed)
+            seed = random.randint(0, MAX_SEED) if randomize_seed else _number("seed", seed, integer=True, low=0, high=MAX_SEED)
             chunks = pipe.stream(
                 prompt,
                 negative_prompt=negative_prompt or None,
                 num_frames=num_frames,
                 height=resolution,
                 width=resolution,
-                guidance_scale=float(guidance_scale),
-                top_k=int(top_k),
-                top_p=float(top_p),
-                image=None if image is None else image.convert("RGB"),
+                guidance_scale=_number("guidance scale", guidance_scale, low=0, high=20),
+                top_k=_number("top-k", top_k, integer=True, low=0, high=2),
+                top_p=_number("top-p", top_p, low=0.01, high=1),
+                image=_uploaded_image(image),
                 generator=torch.Generator().manual_seed(seed),
             )
             frames = []
@@ -89,15 +149,17 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
                 frames.extend(chunk[0])
                 yield _preview(frames[-1]), None, seed
         except (RequestError, ValueError, TypeError) as error:
-            raise gr.Error(str(error)) from error
-        path = tempfile.NamedTemporaryFile(suffix=".mp4", delete=False).name
+            logger.warning(f"rejected a request: {error}")  # one line, not a traceback
+            raise gr.Error(str(error), print_exception=False) from None
+        path = tempfile.NamedTemporaryFile(suffix=".mp4", dir=videos, delete=False).name
         export_to_video(frames, path, fps=8)
+        _keep_newest(videos, limits.kept_videos)
         yield _preview(frames[-1]), path, seed
 
     if gpu is not None:
         generate = gpu(generate)
 
-    with gr.Blocks(title="VideoAR") as demo:
+    with gr.Blocks(title="VideoAR", delete_cache=(limits.cache_seconds, limits.cache_seconds)) as demo:
         gr.Markdown(
             "# VideoAR\nAutoregressive video generation: frame after frame, scale after scale "
             "([arXiv 2601.05966](https://arxiv.org/abs/2601.05966)). The preview shows each frame as it is made."
@@ -105,14 +167,11 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", max_length=limits.max_prompt_length, value=EXAMPLE_PROMPTS[0])
-                negative_prompt = gr.Textbox(label="Negative prompt", max_length=limits.max_prompt_length)
+                negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=limits.max_prompt_length)
                 image = gr.Image(label="Continue from this image (optional)", type="pil")
                 with gr.Accordion("Settings", open=False):
-                    num_frames = gr.Slider(1, limits.max_frames, value=default_frames, step=tau, label="Frames")
-                    resolution = gr.Slider(
-                        f, limits.max_resolution, value=min(default_resolution, limits.max_resolution), step=f,
-                        label="Resolution",
-                    )  # fmt: skip
+                    num_frames = gr.Slider(1, frame_counts[-1], value=default_frames, step=tau, label="Frames")
+                    resolution = gr.Dropdown(resolutions, value=default_resolution, label="Resolution (px)")
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     randomize_seed = gr.Checkbox(value=True, label="Randomize seed")
                     guidance_scale = gr.Slider(1.0, 10.0, value=4.0, step=0.5, label="Guidance scale")
@@ -130,6 +189,7 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
                     image],  # fmt: skip
             outputs=[preview, video, used_seed],
             api_name="generate",
+            preprocess=False,
             concurrency_limit=limits.concurrency_limit,
             show_progress_on=[video],  # the preview stays visible while frames stream in
         )
