@@ -645,3 +645,17 @@ def test_a_rejected_request_logs_one_line_and_no_traceback(demo_client, capfd, c
     assert [r.getMessage() for r in caplog.records if r.name == "videoar_hf.app"] == [
         "rejected a request: frames: 7 is not allowed; use 1 + 4k frames, at most 9."
     ]
+
+
+@pytest.mark.parametrize("component", ["transformer", "video_tokenizer"])
+def test_the_models_alone_load_safetensors_only(saved, component):
+    from videoar_hf import VideoARTokenizer, VideoARTransformer
+
+    cls = {"transformer": VideoARTransformer, "video_tokenizer": VideoARTokenizer}[component]
+    for weights in (saved / component).glob("*.safetensors"):
+        weights.unlink()
+    (saved / component / ("pytorch_model.bin" if component == "transformer" else "diffusion_pytorch_model.bin")).write_bytes(b"\x80\x04x")
+    with pytest.raises((OSError, EnvironmentError, ValueError)):
+        cls.from_pretrained(saved / component)
+    with pytest.raises(ValueError, match="use_safetensors"):
+        cls.from_pretrained(saved / component, use_safetensors=False)

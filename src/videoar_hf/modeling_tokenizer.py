@@ -148,6 +148,14 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         self.decoder = Decoder3D(out_channels=out_channels, **network)
         self.quantizer = MultiScaleBitwiseQuantizer(latent_channels, quantizer_upsample_mode)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """diffusers' `from_pretrained`, safetensors only: a folder with just a pickle-format file is an error, never
+        a fallback to an unpickler."""
+        if kwargs.setdefault("use_safetensors", True) is not True:
+            raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
+        return super().from_pretrained(*args, **kwargs)
+
     def num_latent_frames(self, num_frames: int) -> int:
         """`1 + T` pixel frames -> `1 + T / tau` latent frames; `num_frames` must be `1 + tau * k`."""
         tau = self.config.temporal_compression_ratio

@@ -140,6 +140,14 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": VideoARDecoderLayer, "attentions": VideoARAttention}
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' `from_pretrained`, safetensors only: a folder with just a pickle-format file is an error, never
+        a fallback to an unpickler."""
+        if kwargs.setdefault("use_safetensors", True) is not True:
+            raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
+        return super().from_pretrained(*args, **kwargs)
+
     def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
         """A fresh PEFT adapter (e.g. a `LoraConfig`) on this model, made the active one, as transformers'
         `add_adapter` does; that one asks for peft >= 0.22, which is not released yet, while this needs only peft's
