@@ -152,9 +152,9 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
     def from_pretrained(cls, *args, **kwargs):
         """diffusers' `from_pretrained`, safetensors only: a folder with just a pickle-format file is an error, never
         a fallback to an unpickler."""
-        if kwargs.setdefault("use_safetensors", True) is not True:
+        if kwargs.get("use_safetensors") not in (None, True):  # None: the caller left it to us
             raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
-        return super().from_pretrained(*args, **kwargs)
+        return super().from_pretrained(*args, **{**kwargs, "use_safetensors": True})
 
     def num_latent_frames(self, num_frames: int) -> int:
         """`1 + T` pixel frames -> `1 + T / tau` latent frames; `num_frames` must be `1 + tau * k`."""

@@ -144,9 +144,9 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """transformers' `from_pretrained`, safetensors only: a folder with just a pickle-format file is an error, never
         a fallback to an unpickler."""
-        if kwargs.setdefault("use_safetensors", True) is not True:
+        if kwargs.get("use_safetensors") not in (None, True):  # None: the caller left it to us
             raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
-        return super().from_pretrained(*args, **kwargs)
+        return super().from_pretrained(*args, **{**kwargs, "use_safetensors": True})
 
     def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
         """A fresh PEFT adapter (e.g. a `LoraConfig`) on this model, made the active one, as transformers'
