@@ -659,3 +659,17 @@ def test_the_models_alone_load_safetensors_only(saved, component):
         cls.from_pretrained(saved / component)
     with pytest.raises(ValueError, match="use_safetensors"):
         cls.from_pretrained(saved / component, use_safetensors=False)
+
+
+@pytest.mark.parametrize("args", [["--num-frames", "8"], ["--width", "0"], ["--model", "/no/such/folder"]])
+def test_the_installed_command_prints_exactly_one_line(cli_model, tmp_path, args):
+    """As a user runs it: a fresh process, whose imports (torchao's CUDA notices, loading bars) add nothing."""
+    import subprocess
+    import sys
+
+    if "--model" not in args:
+        args = args + ["--model", str(cli_model)]
+    result = subprocess.run([sys.executable, "-m", "videoar_hf.cli", "generate", "x", "-o", str(tmp_path / "o.mp4"),
+                             *args], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("videoar: error:"), result.stderr

@@ -341,7 +341,18 @@ def run_app(args: argparse.Namespace) -> None:
         raise UsageError(f"cannot serve on {args.host}:{args.port}: {error}") from error
 
 
+def _quiet_libraries() -> None:
+    """Keep stderr for this command's own lines: no bars while the model loads (generation keeps its own)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_progress_bar()
+        library.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
