@@ -673,3 +673,16 @@ def test_the_installed_command_prints_exactly_one_line(cli_model, tmp_path, args
                              *args], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("videoar: error:"), result.stderr
+
+
+def test_a_checkpoint_save_removes_partials_of_killed_saves(tmp_path):
+    from accelerate import Accelerator
+
+    from videoar_hf.training_utils import CheckpointManager, LossHistory
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    for step in (3, 7):
+        (tmp_path / f".checkpoint-{step}.partial").mkdir(parents=True)
+    CheckpointManager(accelerator, tmp_path).save(1, LossHistory())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]

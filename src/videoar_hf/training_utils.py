@@ -214,8 +214,9 @@ class CheckpointManager:
     def save(self, step: int, history: LossHistory, extra: dict[str, torch.Tensor] | None = None) -> Path:
         target = self.output_dir / f"checkpoint-{step}"
         tmp = self.output_dir / f".checkpoint-{step}.partial"
-        if self.accelerator.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)  # left by a run killed while saving
+        if self.accelerator.is_main_process:  # left by runs killed while saving: one run writes this folder
+            for stale in self.output_dir.glob(".checkpoint-*.partial"):
+                shutil.rmtree(stale, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(tmp, safe_serialization=True)
         if self.accelerator.is_main_process:
