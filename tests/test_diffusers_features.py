@@ -272,6 +272,11 @@ def test_variants_save_and_load_in_safetensors(tiny_pipe, reference, tmp_path):
     np.testing.assert_array_equal(frames(pipe), reference)
     with pytest.raises(ValueError, match="variant"):
         VideoARPipeline.from_pretrained(tmp_path, variant="bf16")
+    from videoar_hf import VideoARTokenizer
+
+    VideoARTokenizer.from_pretrained(tmp_path / "video_tokenizer", variant="fp16")
+    with pytest.raises(OSError, match="diffusion_pytorch_model.safetensors"):  # never a fallback to a pickle
+        VideoARTokenizer.from_pretrained(tmp_path / "video_tokenizer")
 
 
 def test_tokenizer_outputs_are_tensors_in_both_forms(tiny_pipe):

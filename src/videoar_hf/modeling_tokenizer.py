@@ -10,6 +10,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from .causal_cnn import Decoder3D, Encoder3D, causal_streaming
+from .pipeline_folder import safetensors_only
 from .quantizer import MultiScaleBitwiseQuantizer
 from .scale_schedule import get_scale_sizes, validate_scale_schedule
 
@@ -152,9 +153,7 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
     def from_pretrained(cls, *args, **kwargs):
         """diffusers' `from_pretrained`, safetensors only: a folder with just a pickle-format file is an error, never
         a fallback to an unpickler."""
-        if kwargs.get("use_safetensors") not in (None, True):  # None: the caller left it to us
-            raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
-        return super().from_pretrained(*args, **{**kwargs, "use_safetensors": True})
+        return super().from_pretrained(*args, **safetensors_only(kwargs))
 
     def num_latent_frames(self, num_frames: int) -> int:
         """`1 + T` pixel frames -> `1 + T / tau` latent frames; `num_frames` must be `1 + tau * k`."""

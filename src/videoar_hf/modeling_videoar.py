@@ -18,6 +18,7 @@ from .attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep, to
 from .cache import VideoARCache
 from .configuration_videoar import VideoARConfig
 from .diffusers_memory import DiffusersMemoryMixin
+from .pipeline_folder import safetensors_only
 from .quantizer import pack_scales
 from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, text_position_ids, video_position_ids
 from .scale_schedule import TokenLayout, get_scale_sizes
@@ -144,9 +145,7 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """transformers' `from_pretrained`, safetensors only: a folder with just a pickle-format file is an error, never
         a fallback to an unpickler."""
-        if kwargs.get("use_safetensors") not in (None, True):  # None: the caller left it to us
-            raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
-        return super().from_pretrained(*args, **{**kwargs, "use_safetensors": True})
+        return super().from_pretrained(*args, **safetensors_only(kwargs))
 
     def add_adapter(self, adapter_config, adapter_name: str | None = None) -> None:
         """A fresh PEFT adapter (e.g. a `LoraConfig`) on this model, made the active one, as transformers'

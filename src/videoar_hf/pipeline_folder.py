@@ -23,6 +23,13 @@ INDEX_FIELDS = ("_class_name", "_diffusers_version", "_name_or_path")
 MAX_KEYS_SHOWN = 5
 
 
+def safetensors_only(kwargs: dict) -> dict:
+    """`from_pretrained` keyword arguments that never fall back to a pickle-format file: `use_safetensors=True`."""
+    if kwargs.get("use_safetensors") not in (None, True):  # None: the caller left it to us
+        raise ValueError("`use_safetensors` must be True: VideoAR loads weights from safetensors only.")
+    return {**kwargs, "use_safetensors": True}
+
+
 def pipeline_slots() -> dict[str, type]:
     """The kind of object each slot must hold."""
     from .modeling_tokenizer import VideoARTokenizer

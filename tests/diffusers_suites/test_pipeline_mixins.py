@@ -23,7 +23,7 @@ from diffusers_tests.pipelines.pipeline_params import (
 from diffusers_tests.pipelines.test_pipelines_common import PipelineTesterMixin
 from diffusers_tests.testing_utils import enable_full_determinism
 
-from skip_reasons import SAFETENSORS_ONLY, VIDEO_TOKENIZER
+from skip_reasons import PipelineSkips
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
 
@@ -31,36 +31,7 @@ from videoar_hf.testing_utils import tiny_pipeline
 enable_full_determinism()
 
 
-class VideoARPipelineFastTests(PipelineTesterMixin, unittest.TestCase):
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_dtype_alias(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_dtype_dict(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_loading_with_incorrect_variants_raises_error(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_loading_with_variants(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_save_load_local(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_serialization_with_variants(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=VIDEO_TOKENIZER)
-    def test_encode_prompt_works_in_isolation(self, *args, **kwargs):
-        pass
-
+class VideoARPipelineFastTests(PipelineSkips, PipelineTesterMixin, unittest.TestCase):
     pipeline_class = VideoARPipeline
     params = TEXT_TO_IMAGE_PARAMS - {"cross_attention_kwargs"}
     batch_params = TEXT_TO_IMAGE_BATCH_PARAMS

@@ -24,7 +24,7 @@ from diffusers_tests.pipelines.testing_utils import (
 )
 from diffusers_tests.testing_utils import enable_full_determinism
 
-from skip_reasons import SAFETENSORS_ONLY, VIDEO_TOKENIZER
+from skip_reasons import PipelineSkips
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
 
@@ -66,32 +66,7 @@ class VideoARPipelineTesterConfig(BasePipelineTesterConfig):
         }
 
 
-class TestVideoARPipeline(VideoARPipelineTesterConfig, PipelineTesterMixin):
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_save_load_local(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_serialization_with_variants(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_loading_with_variants(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_loading_with_incorrect_variants_raises_error(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=SAFETENSORS_ONLY)
-    def test_torch_dtype_dict(self, *args, **kwargs):
-        pass
-
-    @pytest.mark.skip(reason=VIDEO_TOKENIZER)
-    def test_encode_prompt_works_in_isolation(self, *args, **kwargs):
-        pass
-
+class TestVideoARPipeline(PipelineSkips, VideoARPipelineTesterConfig, PipelineTesterMixin):
     # The mixin copies `num_inference_steps` into the batched inputs by default; VideoAR has no such argument.
     def test_inference_batch_single_identical(self):
         super().test_inference_batch_single_identical(additional_params_copy_to_batched_inputs=[])

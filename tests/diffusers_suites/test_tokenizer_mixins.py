@@ -63,7 +63,10 @@ class VideoARTokenizerTesterConfig(BaseModelTesterConfig):
 
 
 class TestVideoARTokenizer(VideoARTokenizerTesterConfig, ModelTesterMixin):
-    pass
+    @pytest.mark.skip(reason="asserts the message of diffusers' fallback to a .bin file, which the project's "
+                             "safetensors-only loading never makes (tests/test_diffusers_features.py covers variants)")
+    def test_from_save_pretrained_variant(self, *args, **kwargs):
+        pass
 
 
 class TestVideoARTokenizerTraining(VideoARTokenizerTesterConfig, TrainingTesterMixin):
