@@ -137,6 +137,13 @@ def available_memory_bytes(device: torch.device) -> int | None:
     """Free memory where the video will be made: the accelerator's, or this machine's RAM; None if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    try:  # Linux's estimate of what can be allocated without swapping, page cache included
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
