@@ -11,7 +11,6 @@ mixins are not used: they need diffusion timesteps / schedulers / UNets / IP ada
 
 import unittest
 
-import pytest
 import torch
 
 from diffusers_tests.pipelines.pipeline_params import (
@@ -23,7 +22,7 @@ from diffusers_tests.pipelines.pipeline_params import (
 from diffusers_tests.pipelines.test_pipelines_common import PipelineTesterMixin
 from diffusers_tests.testing_utils import enable_full_determinism
 
-from skip_reasons import PipelineSkips
+from skip_reasons import SAFETENSORS_ONLY, PipelineSkips, skipped
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
 
@@ -32,6 +31,9 @@ enable_full_determinism()
 
 
 class VideoARPipelineFastTests(PipelineSkips, PipelineTesterMixin, unittest.TestCase):
+    test_dtype_alias = skipped(SAFETENSORS_ONLY)
+    test_dtype_dict = skipped(SAFETENSORS_ONLY)
+
     pipeline_class = VideoARPipeline
     params = TEXT_TO_IMAGE_PARAMS - {"cross_attention_kwargs"}
     batch_params = TEXT_TO_IMAGE_BATCH_PARAMS

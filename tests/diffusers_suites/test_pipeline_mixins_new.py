@@ -8,8 +8,6 @@ Not used (premise absent): cache mixins (PAB/FasterCache/FBC/TaylorSeer/MagCache
 UNetLoraTesterMixin (no UNet), pipeline quantization tests (slow, Hub checkpoints + accelerator).
 """
 
-import pytest
-import torch
 
 from diffusers_tests.pipelines.pipeline_params import (
     TEXT_TO_IMAGE_BATCH_PARAMS,
@@ -24,7 +22,7 @@ from diffusers_tests.pipelines.testing_utils import (
 )
 from diffusers_tests.testing_utils import enable_full_determinism
 
-from skip_reasons import PipelineSkips
+from skip_reasons import SAFETENSORS_ONLY, PipelineSkips, skipped
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
 
@@ -67,6 +65,8 @@ class VideoARPipelineTesterConfig(BasePipelineTesterConfig):
 
 
 class TestVideoARPipeline(PipelineSkips, VideoARPipelineTesterConfig, PipelineTesterMixin):
+    test_torch_dtype_dict = skipped(SAFETENSORS_ONLY)
+
     # The mixin copies `num_inference_steps` into the batched inputs by default; VideoAR has no such argument.
     def test_inference_batch_single_identical(self):
         super().test_inference_batch_single_identical(additional_params_copy_to_batched_inputs=[])
