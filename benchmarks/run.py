@@ -39,7 +39,7 @@ SIZES = {
     "shipped": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4),  # 4.3M
     "mid": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),  # about 100M
 }
-# PAPER.md §9: 17 frames at 128x128, tokenizer x4 / x16 -> 5 x 8 x 8 latents, 6 scales
+# docs/method.md §9: 17 frames at 128x128, tokenizer x4 / x16 -> 5 x 8 x 8 latents, 6 scales
 UCF_TOKENIZER = dict(
     latent_channels=16, base_channels=8, channel_multipliers=(1, 1, 1, 1, 1), num_res_blocks=1,
     spatial_compression_ratio=16, temporal_compression_ratio=4, scale_schedule=(1, 2, 3, 4, 6, 8), norm_num_groups=4,

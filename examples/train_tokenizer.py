@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the causal 3D bitwise video tokenizer (PAPER.md §2).
+"""Train the causal 3D bitwise video tokenizer (docs/method.md §2).
 
     accelerate launch examples/train_tokenizer.py \\
         --tokenizer_config '{"latent_channels": 16, "base_channels": 64}' \\
@@ -8,7 +8,7 @@
 Losses: L1 + L2 reconstruction, commitment and BSQ entropy penalty; optionally an LPIPS-style perceptual loss from a
 transformers vision backbone (`--perceptual_model`), and a hinge GAN with a 3D discriminator and LeCAM from
 `--gan_start_step` on. `--init_from_2d` inflates a 2D image tokenizer's safetensors weights into the 3D network
-(the 2D kernel in the last temporal slice, PAPER.md §2). `--train_decoder_only` fine-tunes a trained tokenizer's
+(the 2D kernel in the last temporal slice, docs/method.md §2). `--train_decoder_only` fine-tunes a trained tokenizer's
 decoder and keeps its latents. The result is `output_dir/tokenizer`.
 """
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'.")
     model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
-    model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (PAPER.md §2 init).")
+    model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (docs/method.md §2 init).")
     model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid.")
     model.add_argument("--colour_mix_prob", type=float, default=0.0, help="Probability of mixing a clip's RGB channels by a random non-negative 3x3 matrix (black stays black), so the tokenizer learns colours beyond its data's palette.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the VideoAR transformer on a frozen tokenizer and a frozen text encoder (PAPER.md §3, §5-§7).
+"""Train the VideoAR transformer on a frozen tokenizer and a frozen text encoder (docs/method.md §3, §5-§7).
 
     accelerate launch examples/train_videoar.py \\
         --tokenizer out/tokenizer/tokenizer --text_encoder path/to/text-encoder \\
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--transformer_preset", default="tiny", help="VideoARConfig preset of a new transformer: tiny, L, XL or 4B.")
     model.add_argument("--transformer_config", default=None, help="JSON of VideoARConfig fields over the preset, e.g. '{\"hidden_size\": 256}'.")
     model.add_argument("--pretrained_transformer", default=None, help="Continue from this VideoARTransformer instead.")
-    model.add_argument("--text_dropout", type=float, default=0.1, help="Probability of training on the empty prompt, for classifier-free guidance (PAPER.md §7).")
+    model.add_argument("--text_dropout", type=float, default=0.1, help="Probability of training on the empty prompt, for classifier-free guidance (docs/method.md §7).")
     model.add_argument("--precompute", action="store_true", help="Encode each clip once per stage and each distinct caption once, and train on the cached latents and text states.")
     add_training_args(parser, learning_rate=1e-4)
     parser.add_argument("--validation_prompts", nargs="*", default=["a red circle moving left", "a white square moving up"], help="Prompts sampled at every checkpoint.")
@@ -118,7 +118,7 @@ def precompute_latents(dataset, video_tokenizer: VideoARTokenizer, batch_size: i
 
 
 def training_loss(args, batch, video_tokenizer, text_encoder, transformer, accelerator) -> torch.Tensor:
-    """Bitwise cross-entropy on the error-corrected pyramid of one batch (PAPER.md §3, §5)."""
+    """Bitwise cross-entropy on the error-corrected pyramid of one batch (docs/method.md §3, §5)."""
     if "latents" in batch:
         latents = batch["latents"].to(accelerator.device)
     else:

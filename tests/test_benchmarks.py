@@ -20,7 +20,7 @@ def load_run_module():
 
 def test_forward_passes_against_next_token_decoding():
     steps = load_run_module().steps_section()
-    # 5 latent frames x 4 scales against 5 x 8 x 8 tokens; the paper's UCF-101 setting: 5 x 6 against 320 (PAPER.md §1)
+    # 5 latent frames x 4 scales against 5 x 8 x 8 tokens; the paper's UCF-101 setting: 5 x 6 against 320 (docs/method.md §1)
     assert steps["shipped"] == {"videoar": 20, "next_token": 320, "ratio": 16.0}
     assert steps["ucf101"]["videoar"] == 30 and steps["ucf101"]["next_token"] == 320
 

@@ -1,4 +1,4 @@
-"""Inflating a 2D image tokenizer into the causal 3D tokenizer (PAPER.md §2, "Init")."""
+"""Inflating a 2D image tokenizer into the causal 3D tokenizer (docs/method.md §2, "Init")."""
 
 import re
 

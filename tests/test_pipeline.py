@@ -179,7 +179,7 @@ def test_save_and_load_give_the_same_outputs(tiny_pipe, tmp_path):
 
 
 def test_model_index_json_is_pinned(tiny_pipe, tmp_path):
-    # a saved format: moving a class breaks every checkpoint on the Hub (DESIGN.md)
+    # a saved format: moving a class breaks every checkpoint on the Hub
     tiny_pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline", "VideoARPipeline"]  # the `DiffusionPipeline` shim

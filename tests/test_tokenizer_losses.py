@@ -1,4 +1,4 @@
-"""The tokenizer's training losses (PAPER.md §2) and its 3D discriminator."""
+"""The tokenizer's training losses (docs/method.md §2) and its 3D discriminator."""
 
 import math
 

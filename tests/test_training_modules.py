@@ -1,4 +1,4 @@
-"""Cross-Frame Error Correction (PAPER.md §5) and Random Frame Mask (§6): training-only modules."""
+"""Cross-Frame Error Correction (docs/method.md §5) and Random Frame Mask (§6): training-only modules."""
 
 import subprocess
 import sys

@@ -42,7 +42,7 @@ def run_cached(model, pyramid, text, mask):
 
 
 def test_rope_positions_match_the_papers_figure_2():
-    # a 5-token prompt: frame 0's first scale sits at (5, 5, 5), frame 1's at (6, 5, 5) (PAPER.md §4)
+    # a 5-token prompt: frame 0's first scale sits at (5, 5, 5), frame 1's at (6, 5, 5) (docs/method.md §4)
     sizes = get_scale_sizes([1, 2, 4], 4, 4)
     layout = TokenLayout(2, tuple(sizes))
     coords = layout.token_coords()

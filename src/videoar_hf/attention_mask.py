@@ -1,4 +1,4 @@
-"""The block-wise causal mask over `[text][frame 0: scales 1..K][frame 1: scales 1..K]...` (PAPER.md §3).
+"""The block-wise causal mask over `[text][frame 0: scales 1..K][frame 1: scales 1..K]...` (docs/method.md §3).
 
 A token sees the valid text tokens, every block of earlier frames, and the blocks of its own frame up to its own
 scale (full attention inside a block). Text tokens see the text only. One function builds the mask for the

@@ -1,4 +1,4 @@
-"""The causal 3D CNN of the video tokenizer (PAPER.md §2), laid out like the LDM / Flux VAE.
+"""The causal 3D CNN of the video tokenizer (docs/method.md §2), laid out like the LDM / Flux VAE.
 
 Every temporal operation is causal: output frame t reads input frames up to t only. Convolutions pad time in front
 (replicating the first frame), normalization and attention work frame by frame, and temporal upsampling turns each
@@ -6,7 +6,7 @@ frame into a pair. So a video can be coded chunk by chunk (`causal_streaming`) w
 
 Parameter names follow LDM (`down.{i}.block.{j}.conv1`, `mid.attn_1.q`, `up.{i}.upsample`, ...), and a 2D kernel placed
 in the temporally last slice of a 3D kernel gives the 2D result on a single frame: a 2D image tokenizer inflates into
-this network (PAPER.md §2, "Init").
+this network (docs/method.md §2, "Init").
 
 Shapes: `x_BCTHW` is (batch, channels, frames, height, width).
 """

@@ -10,14 +10,14 @@ from .scale_schedule import validate_scale_schedule
 class VideoARConfig(PreTrainedConfig):
     r"""
     Configuration of [`VideoARTransformer`], a LLaMA-style decoder that predicts a video frame by frame and, inside a
-    frame, scale by scale (PAPER.md §3). Fields the paper does not fix are marked *(our choice)*.
+    frame, scale by scale (docs/method.md §3). Fields the paper does not fix are marked *(our choice)*.
 
     Args:
         hidden_size, num_hidden_layers, num_attention_heads: width, depth and heads. Paper sizes are in
-            `VIDEOAR_PRESETS` (`L`, `XL`, `4B`, PAPER.md §3).
+            `VIDEOAR_PRESETS` (`L`, `XL`, `4B`, docs/method.md §3).
         intermediate_size: SwiGLU width. Defaults to `4 * hidden_size`, which gives the paper's parameter counts.
         rms_norm_eps, initializer_range, attention_dropout: as in LLaMA.
-        latent_bits: bits per token, `d` (PAPER.md §2: 48). Must equal the tokenizer's `latent_channels`.
+        latent_bits: bits per token, `d` (docs/method.md §2: 48). Must equal the tokenizer's `latent_channels`.
         scale_schedule: square-grid side lengths, coarse to fine; must equal the tokenizer's. See `get_scale_sizes`.
         text_hidden_size: width of the text encoder's hidden states, projected to `hidden_size` as the prefix.
         rope_theta: RoPE base.
@@ -25,7 +25,7 @@ class VideoARConfig(PreTrainedConfig):
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.
         rope_spatial_positions: `"raw"` uses each scale's own grid indices (the paper's figure); `"finest"` rescales
             them onto the finest grid (Infinity's practice). *(our choice, §4)*
-        error_correction: train with Cross-Frame Error Correction (PAPER.md §5). Training only.
+        error_correction: train with Cross-Frame Error Correction (docs/method.md §5). Training only.
         flip_rate_min, flip_rate_max, flip_rate_delta: frame t flips bits with `p ~ U(min + delta*t, max + delta*t)`
             (§5: 0, 0.25, 0.01).
         flip_rate_inheritance: the first scale of frame t draws `p ~ U(p_prev_last, max + delta*t)` (§5).
@@ -108,13 +108,13 @@ class VideoARConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VideoARConfig":
-        """A named size: the paper's `L`, `XL`, `4B` (PAPER.md §3), or `tiny` for tests. Overrides win."""
+        """A named size: the paper's `L`, `XL`, `4B` (docs/method.md §3), or `tiny` for tests. Overrides win."""
         if name not in VIDEOAR_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDEOAR_PRESETS)}.")
         return cls(**{**VIDEOAR_PRESETS[name], **overrides})
 
 
-# PAPER.md §3: L = 926M, XL = 2.0B, 4B; with `intermediate_size = 4 * hidden_size` the counts match.
+# docs/method.md §3: L = 926M, XL = 2.0B, 4B; with `intermediate_size = 4 * hidden_size` the counts match.
 VIDEOAR_PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, latent_bits=8, text_hidden_size=32),
     "L": dict(hidden_size=1536, num_hidden_layers=24, num_attention_heads=12),

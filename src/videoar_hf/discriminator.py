@@ -1,4 +1,4 @@
-"""The tokenizer's adversary (PAPER.md §2: GAN loss with LeCAM): a small 3D PatchGAN over whole clips."""
+"""The tokenizer's adversary (docs/method.md §2: GAN loss with LeCAM): a small 3D PatchGAN over whole clips."""
 
 import torch
 from torch import nn

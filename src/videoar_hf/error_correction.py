@@ -1,4 +1,4 @@
-"""Cross-Frame Error Correction (PAPER.md §5). Training only: inference never imports this module.
+"""Cross-Frame Error Correction (docs/method.md §5). Training only: inference never imports this module.
 
 Bits are flipped at a time-dependent rate while the pyramid is built, and every later target is recomputed against
 the corrupted history, so the transformer learns to repair the errors it will meet when it samples frame after frame.

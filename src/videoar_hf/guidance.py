@@ -1,4 +1,4 @@
-"""Classifier-free guidance schedules over (frame, scale) (PAPER.md §8).
+"""Classifier-free guidance schedules over (frame, scale) (docs/method.md §8).
 
 The pipeline combines logits as `l = l_u + g[t, k] * (l_c - l_u)`. A schedule is a `(latent frames, scales)` table.
 """

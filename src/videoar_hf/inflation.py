@@ -1,4 +1,4 @@
-"""Inflate a 2D image tokenizer into VideoAR's causal 3D tokenizer (PAPER.md §2, "Init").
+"""Inflate a 2D image tokenizer into VideoAR's causal 3D tokenizer (docs/method.md §2, "Init").
 
 Each 2D kernel goes to the temporally last slice of its 3D kernel, the one that sees the current frame; the slices that
 see earlier frames are zero. So the inflated network starts out as the 2D network run on each frame alone, except that
@@ -92,7 +92,7 @@ def reinflate_image_trained(tokenizer: VideoARTokenizer) -> VideoARTokenizer:
 
     A tokenizer trained on single frames only ever runs the sum of each kernel's taps (a lone frame is a 2D conv with
     the taps summed), so the taps themselves are still their random init. Summed into the last slice, they give the
-    same network on images and, on video, the paper's 2D-to-3D start (PAPER.md §2, "Init"): each frame coded alone,
+    same network on images and, on video, the paper's 2D-to-3D start (docs/method.md §2, "Init"): each frame coded alone,
     ready to learn time. Returns `tokenizer`.
     """
     for module in tokenizer.modules():

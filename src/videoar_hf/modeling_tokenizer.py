@@ -1,4 +1,4 @@
-"""VideoAR's video tokenizer: a causal 3D CNN around the multi-scale bitwise quantizer (PAPER.md §2)."""
+"""VideoAR's video tokenizer: a causal 3D CNN around the multi-scale bitwise quantizer (docs/method.md §2)."""
 
 from dataclasses import dataclass
 from typing import Sequence
@@ -85,7 +85,7 @@ def _validate_config(config) -> None:
 
 class VideoARTokenizer(ModelMixin, ConfigMixin):
     r"""
-    Causal 3D tokenizer with multi-scale residual bitwise quantization (PAPER.md §2).
+    Causal 3D tokenizer with multi-scale residual bitwise quantization (docs/method.md §2).
 
     A video `(B, 3, 1 + T, H, W)` in [-1, 1] becomes latents `(B, d, 1 + T / tau, H / f, W / f)`: the first frame is its
     own latent frame, each later group of `tau` frames is one. Each latent frame is quantized on its own into `d` bits

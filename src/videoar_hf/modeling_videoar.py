@@ -1,4 +1,4 @@
-"""The VideoAR transformer: causal next-frame and next-scale prediction of bitwise tokens (PAPER.md §3)."""
+"""The VideoAR transformer: causal next-frame and next-scale prediction of bitwise tokens (docs/method.md §3)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,7 +180,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
     - one (frame, scale) block with a KV cache (sampling): pass `cache=init_cache(h, w)` on the first call and the
       same cache after; it knows which block comes next.
     A block's input is its next-scale feature map (`ResidualQuantization.scale_inputs`) embedded by a linear layer
-    plus a learned scale embedding; frame 0's first block is a learned start token (PAPER.md §3).
+    plus a learned scale embedding; frame 0's first block is a learned start token (docs/method.md §3).
     """
 
     def __init__(self, config: VideoARConfig):
@@ -234,7 +234,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
             text_attention_mask: `(B, L)`, 1 on real tokens and 0 on padding (right padding).
             labels: target bits, per scale `(B, T, h_k, w_k, d)` or packed `(B, N, d)`; gives `loss`.
             frame_keep: `(B, T, T)` frames each frame may attend to. By default: the Random Frame Mask in training
-                (PAPER.md §6), the `frame_mask_window` otherwise.
+                (docs/method.md §6), the `frame_mask_window` otherwise.
             latent_size: `(h, w)` latent grid of packed inputs; needed for a non-square grid (a square one is inferred
                 as the largest schedule side whose tokens per frame divide `N`).
             cache: a `VideoARCache` (`init_cache(h, w)` makes an empty one): run its next (frame, scale) block and

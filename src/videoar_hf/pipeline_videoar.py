@@ -509,7 +509,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             height, width: pixel size, multiples of the spatial compression; the tokenizer's `sample_size` by default.
             num_videos_per_prompt: videos per prompt.
             guidance_scale: a number, a `(latent frames, scales)` table, or a schedule name: `"text-to-video"`
-                (falls 5 -> 3, the default) or `"class-conditional"` (rises 1 -> 5 -> 10) (PAPER.md §8).
+                (falls 5 -> 3, the default) or `"class-conditional"` (rises 1 -> 5 -> 10) (docs/method.md §8).
                 Guidance runs the conditional and unconditional batch in one forward pass; a constant 1 skips it.
             top_k, top_p, temperature: per-bit sampling, see `sample_bits`. `top_k=0` and `top_p=1` disable them.
             generator: a generator, or one per video for per-video reproducibility.

@@ -1,4 +1,4 @@
-"""Temporal-independent multi-scale residual bitwise quantization (BSQ), PAPER.md §2.
+"""Temporal-independent multi-scale residual bitwise quantization (BSQ), docs/method.md §2.
 
 Every latent frame is quantized on its own: frames are folded into the batch. For scale k with size (h_k, w_k):
 `q_k = BSQ(down(F - F_hat))`, `F_hat += up(q_k)`. A token is the d bits of one position of `q_k`.
@@ -20,7 +20,7 @@ class ResidualQuantization:
     """What one pass of residual quantization produces, all in scale order.
 
     bits: the target bits of every scale, `(B, T, h_k, w_k, d)`.
-    scale_inputs: the transformer's input features for every scale, `(B, T, h_k, w_k, d)` (PAPER.md §3): the running
+    scale_inputs: the transformer's input features for every scale, `(B, T, h_k, w_k, d)` (docs/method.md §3): the running
         reconstruction before scale k resampled to (h_k, w_k); for k = 0 the previous frame's reconstruction (zeros for
         frame 0, where the transformer uses its start token instead).
     features: the cumulative reconstruction `F_hat`, `(B, d, T, H, W)`.
@@ -66,7 +66,7 @@ class MultiScaleBitwiseQuantizer(nn.Module):
 
         With `flip_rates_BTK`, each target bit of scale k is flipped with that probability before it joins the
         reconstruction, and later targets are computed against the corrupted history: this is the self-correcting
-        pyramid of Cross-Frame Error Correction (PAPER.md §5). Without it, this is the plain quantizer.
+        pyramid of Cross-Frame Error Correction (docs/method.md §5). Without it, this is the plain quantizer.
         """
         B, d, T, H, W = latents_BdTHW.shape
         if d != self.latent_bits:
@@ -88,7 +88,7 @@ class MultiScaleBitwiseQuantizer(nn.Module):
         def unfold(x_NhwD: torch.Tensor) -> torch.Tensor:
             return x_NhwD.reshape(B, T, *x_NhwD.shape[1:])
 
-        # the last scale's next input is the next frame's first (PAPER.md §3); frame 0 starts from zeros
+        # the last scale's next input is the next frame's first (docs/method.md §3); frame 0 starts from zeros
         first_BThwD = unfold(next_inputs.pop()).roll(1, dims=1)
         first_BThwD[:, 0] = 0
         return ResidualQuantization(

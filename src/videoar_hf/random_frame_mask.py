@@ -1,4 +1,4 @@
-"""Random Frame Mask (PAPER.md §6). Training only: inference never imports this module."""
+"""Random Frame Mask (docs/method.md §6). Training only: inference never imports this module."""
 
 import torch
 

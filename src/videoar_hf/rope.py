@@ -1,4 +1,4 @@
-"""Multi-scale Temporal RoPE (PAPER.md §4).
+"""Multi-scale Temporal RoPE (docs/method.md §4).
 
 RoPE factorized over (time, height, width): the head dimension is split across the three axes. Text token i sits
 at (i, i, i), which is plain 1D RoPE. A video token of frame t, grid cell (h, w) sits at (t + L, h + L, w + L), with
@@ -41,7 +41,7 @@ class MultiScaleTemporalRoPE(nn.Module):
     """Turns `(B, N, 3)` positions into the `(cos, sin)` pair, each `(B, N, head_dim)`.
 
     The inverse frequencies are recomputed on each call rather than stored: a non-persistent buffer would reload as
-    garbage from transformers' meta-device init (DESIGN.md), and the cost is a few hundred flops per forward.
+    garbage from transformers' meta-device init, and the cost is a few hundred flops per forward.
     """
 
     def __init__(self, axes_dim: Sequence[int], theta: float = 10000.0):

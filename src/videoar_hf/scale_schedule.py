@@ -17,7 +17,7 @@ def get_scale_sizes(scale_schedule: Sequence[int], latent_height: int, latent_wi
     `scale_schedule` lists side lengths for square grids, as VAR's `patch_nums` (e.g. `(1, 2, 3, 4, 6, 8, 10, 13, 16)`).
     A grid of longer side `n` uses the prefix of the schedule that ends at `n`, so one model serves every resolution
     whose longer latent side is in the schedule; the shorter side is scaled by the aspect ratio. The paper does not
-    give its schedule (PAPER.md §2): it is data in the configs.
+    give its schedule (docs/method.md §2): it is data in the configs.
     """
     side = max(latent_height, latent_width)
     if side not in scale_schedule:

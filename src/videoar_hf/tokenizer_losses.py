@@ -1,4 +1,4 @@
-"""The video tokenizer's training objective (PAPER.md §2): reconstruction, perceptual, GAN with LeCAM, commitment and
+"""The video tokenizer's training objective (docs/method.md §2): reconstruction, perceptual, GAN with LeCAM, commitment and
 BSQ entropy penalty, per frame.
 
 The paper gives no weights: `TokenizerLoss`'s defaults are ours, each taken from the work its term comes from.

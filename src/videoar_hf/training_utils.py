@@ -12,6 +12,7 @@ import random
 import re
 import shutil
 import sys
+import zipfile
 from dataclasses import MISSING, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,7 @@ def run_script(prog: str, main, parse_args) -> None:
         sys.exit(130)
 
 
-# ---------------------------------------------------------------- curriculum (PAPER.md §7)
+# ---------------------------------------------------------------- curriculum (docs/method.md §7)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def load_stages(path: str | Path) -> list[Stage]:
 
 class StageSchedule:
     """Maps the global step to its stage, and gives each stage its own warm-up + cosine learning-rate curve
-    (PAPER.md §7: lr cosine). Use `lr_at` as a `LambdaLR` factor on an optimizer whose base lr is 1."""
+    (docs/method.md §7: lr cosine). Use `lr_at` as a `LambdaLR` factor on an optimizer whose base lr is 1."""
 
     def __init__(self, stages: list[Stage]):
         self.stages = stages
@@ -264,11 +265,14 @@ class CheckpointManager:
                     f.keys()
             except Exception as error:  # safetensors raises its own types for a truncated header
                 raise bad(weights, error) from error
-        # accelerate's own pickles in a checkpoint folder this run's user made (the one place an unpickler runs)
+        # accelerate reads this with its own unpickler; here only its container (torch's zip format) is checked,
+        # which finds a missing or truncated file without unpickling anything
         rng_file = path / f"random_states_{self.accelerator.process_index}.pkl"
         try:
-            torch.load(rng_file, weights_only=False)
-        except Exception as error:  # a missing, truncated or foreign file
+            with zipfile.ZipFile(rng_file) as archive:
+                if archive.testzip() is not None:
+                    raise ValueError("a damaged member")
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
             if not allow_inexact:
                 raise bad(rng_file, error) from error
             logger.warning(f"{rng_file} is unreadable ({error}); --allow_inexact_resume: continuing with fresh random "
@@ -372,7 +376,7 @@ class StageBatches:
     """The micro-batches of one curriculum stage, in an order a resumed run reproduces.
 
     Each optimizer step trains on videos or, with probability `stage.image_ratio` (a fixed seeded draw per step), on
-    images: the image source at one frame (PAPER.md §7, stage I). `make_dataset(source, num_frames)` builds a
+    images: the image source at one frame (docs/method.md §7, stage I). `make_dataset(source, num_frames)` builds a
     dataset; `prepare` may turn a finite dataset into another (e.g. cached latents).
     """
 
@@ -436,7 +440,7 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     data.add_argument("--fps", type=float, default=8.0, help="Frame rate clips are sampled at from real videos.")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
 
-    stages = parser.add_argument_group("curriculum: a --stages file, or one stage from the flags below (PAPER.md §7)")
+    stages = parser.add_argument_group("curriculum: a --stages file, or one stage from the flags below (docs/method.md §7)")
     stages.add_argument("--stages", default=None, help="YAML or JSON stage file; each stage: name, resolution, num_frames, steps, batch_size, learning_rate, image_ratio, warmup_steps.")
     stages.add_argument("--resolution", type=int, default=resolution, help="Pixel side of the single stage.")
     stages.add_argument("--num_frames", type=int, default=num_frames, help="Frames per clip of the single stage (1 + 4k).")
@@ -446,9 +450,9 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     stages.add_argument("--lr_warmup_steps", type=int, default=0, help="Warm-up steps of the single stage; cosine decay after.")
 
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1 (PAPER.md §7: 0.9).")
-    optim.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (PAPER.md §7: 0.95).")
-    optim.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay (PAPER.md §7: 0.05).")
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1 (docs/method.md §7: 0.9).")
+    optim.add_argument("--adam_beta2", type=float, default=0.95, help="AdamW beta2 (docs/method.md §7: 0.95).")
+    optim.add_argument("--weight_decay", type=float, default=0.05, help="AdamW weight decay (docs/method.md §7: 0.05).")
     optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Micro-batches per optimizer step.")
     optim.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"], help="bf16 on CPU or GPU; fp16 on GPU only.")
