@@ -11,6 +11,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from .causal_cnn import Decoder3D, Encoder3D, causal_streaming
 from .pipeline_folder import safetensors_only
+from .pipeline_inputs import require
 from .quantizer import MultiScaleBitwiseQuantizer
 from .scale_schedule import get_scale_sizes, validate_scale_schedule
 
@@ -50,37 +51,32 @@ class VideoARTokenizerOutput(BaseOutput):
     commitment_loss: torch.Tensor
 
 
-def _require(condition: bool, field: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"`{field}` must be {allowed}, got {value!r}.")
-
-
 def _validate_config(config) -> None:
     for field in ("in_channels", "out_channels", "latent_channels", "base_channels", "num_res_blocks"):
-        _require(config[field] >= 1, field, config[field], "a positive integer")
+        require(config[field] >= 1, field, config[field], "a positive integer")
     multipliers = list(config.channel_multipliers)
-    _require(
+    require(
         len(multipliers) >= 1 and all(m >= 1 for m in multipliers),
         "channel_multipliers", multipliers, "a non-empty list of positive integers",
     )
     tau, f = config.temporal_compression_ratio, config.spatial_compression_ratio
-    _require(tau in (1, 2, 4), "temporal_compression_ratio", tau, "1, 2 or 4")
-    _require(f in (8, 16), "spatial_compression_ratio", f, "8 or 16")
+    require(tau in (1, 2, 4), "temporal_compression_ratio", tau, "1, 2 or 4")
+    require(f in (8, 16), "spatial_compression_ratio", f, "8 or 16")
     levels_f = 2 ** (len(multipliers) - 1)
-    _require(f == levels_f, "spatial_compression_ratio", f, f"{levels_f} = 2 ** (len(channel_multipliers) - 1)")
+    require(f == levels_f, "spatial_compression_ratio", f, f"{levels_f} = 2 ** (len(channel_multipliers) - 1)")
     widths = [config.base_channels * m for m in multipliers]
-    _require(
+    require(
         config.norm_num_groups >= 1 and all(w % config.norm_num_groups == 0 for w in widths),
         "norm_num_groups", config.norm_num_groups, f"a positive divisor of every level's width {widths}",
     )
-    _require(0.0 <= config.dropout < 1.0, "dropout", config.dropout, "in [0, 1)")
-    _require(
+    require(0.0 <= config.dropout < 1.0, "dropout", config.dropout, "in [0, 1)")
+    require(
         config.quantizer_upsample_mode in ("nearest", "bilinear", "bicubic"),
         "quantizer_upsample_mode", config.quantizer_upsample_mode, "'nearest', 'bilinear' or 'bicubic'",
     )
     validate_scale_schedule(config.scale_schedule)
     sides = [s * f for s in config.scale_schedule]
-    _require(config.sample_size in sides, "sample_size", config.sample_size, f"one of {sides} (scale_schedule x {f})")
+    require(config.sample_size in sides, "sample_size", config.sample_size, f"one of {sides} (scale_schedule x {f})")
 
 
 class VideoARTokenizer(ModelMixin, ConfigMixin):
@@ -171,7 +167,7 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         """Token-map sizes `(h_k, w_k)`, coarse to fine, of a video of `height x width` pixels."""
         f = self.config.spatial_compression_ratio
         for name, value in (("height", height), ("width", width)):
-            _require(value >= f and value % f == 0, name, value, f"a positive multiple of {f} (spatial compression)")
+            require(value >= f and value % f == 0, name, value, f"a positive multiple of {f} (spatial compression)")
         try:
             return get_scale_sizes(self.config.scale_schedule, height // f, width // f)
         except ValueError as error:
@@ -275,7 +271,7 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
     def _check_chunk_size(self, chunk_size: int | None) -> None:
         if chunk_size is None:
             return
-        _require(isinstance(chunk_size, int) and chunk_size >= 1, "chunk_size", chunk_size, "a positive integer")
+        require(isinstance(chunk_size, int) and chunk_size >= 1, "chunk_size", chunk_size, "a positive integer")
         if torch.is_grad_enabled() and self.is_gradient_checkpointing:
             # the recomputation in backward would read the streaming state of a later chunk
             raise ValueError("`chunk_size` cannot be used with gradient checkpointing while gradients are enabled.")

@@ -167,3 +167,59 @@ def sampling_bytes(pipe, batch: int, num_latent_frames: int, latent_size: tuple[
     pixels = batch * decode_frames * latent_size[0] * f * latent_size[1] * f
     decode = pixels * 4 * (3 * 3 + 3 * tokenizer.base_channels * tokenizer.channel_multipliers[0])
     return kv_cache + latents + decode
+
+
+def check_embeds(name: str, value, reference) -> int | None:
+    """A `(B, L, C)` embedding, or a `(B, L)` mask when `reference` is its embedding; return B."""
+    if value is None:
+        return None
+    ndim = 3 if reference is None or name.endswith("_embeds") else 2
+    if not torch.is_tensor(value) or value.ndim != ndim or value.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a {ndim}D tensor with a non-empty batch, got {getattr(value, 'shape', value)!r}.")
+    if reference is not None and value.shape[0] != reference.shape[0]:
+        raise ValueError(f"`{name}` has a batch of {value.shape[0]}, but its prompt embeddings have {reference.shape[0]}.")
+    if reference is not None and ndim == 2 and tuple(value.shape) != tuple(reference.shape[:2]):
+        raise ValueError(f"`{name}` must be shaped {tuple(reference.shape[:2])} like its embeddings, got {tuple(value.shape)}.")
+    return value.shape[0]
+
+
+def check_memory(pipe, o: dict, batch: int) -> None:
+    """Refuse, before allocating anything, a call that would not fit in the free memory; say what would."""
+    free = available_memory_bytes(pipe._execution_device)
+    if free is None:
+        return
+    f, tau = pipe.video_tokenizer.config.spatial_compression_ratio, pipe.video_tokenizer.config.temporal_compression_ratio
+    latent_size = (o["height"] // f, o["width"] // f)
+    text_length = o["max_sequence_length"] or getattr(pipe.tokenizer, "model_max_length", 512)
+    text_length = min(text_length, 512) if o["prompt_embeds"] is None else o["prompt_embeds"].shape[1]
+    guidance = True  # counted as on: a table may still turn it on
+    chunk = o["decode_chunk_size"]
+
+    def need(num_frames: int, videos: int) -> int:
+        decoded = 0 if o["output_type"] == "latent" else num_frames if chunk is None else min(num_frames, 1 + tau * chunk)
+        return sampling_bytes(pipe, videos, 1 + (num_frames - 1) // tau, latent_size, text_length, guidance, decoded)
+
+    num_frames = o["num_frames"]
+    if need(num_frames, batch) <= free:
+        return
+    k_fit = largest_fitting(lambda k: need(1 + tau * k, batch) <= free, (num_frames - 1) // tau)
+    batch_fit = largest_fitting(lambda b: need(num_frames, b) <= free, batch)
+    frames_fit = "no length fits" if k_fit is None else f"at most {1 + tau * k_fit} frames fit at this batch"
+    raise ValueError(
+        f"`num_frames` = {num_frames} for {batch} video(s) needs about {need(num_frames, batch) / 2**30:.1f} GiB, "
+        f"but {free / 2**30:.1f} GiB are free: {frames_fit}, and at most {batch_fit or 0} video(s) of "
+        f"{num_frames} frames (`num_videos_per_prompt` x prompts). `decode_chunk_size` or a frame window "
+        "(`transformer.config.frame_mask_window`) lowers the need."
+    )
+
+
+def largest_fitting(fits, upper: int) -> int | None:
+    """The largest n in [0, upper] with `fits(n)`, or None; `fits` must be monotonic (true up to some n)."""
+    lo, hi, best = 0, upper, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best

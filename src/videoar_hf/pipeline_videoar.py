@@ -26,9 +26,7 @@ from .lora import VideoARLoraLoaderMixin
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
 from .pipeline_folder import check_loaded_weights, check_pipeline_folder
-from .pipeline_inputs import (
-    available_memory_bytes, check_scalars, check_texts, frames_for_processor, is_finite_number, sampling_bytes,
-)  # fmt: skip
+from .pipeline_inputs import check_embeds, check_memory, check_scalars, check_texts, frames_for_processor, is_finite_number
 from .sampling import sample_bits
 
 logger = logging.get_logger(__name__)
@@ -220,10 +218,10 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
         if prompt is not None:
             prompt = check_texts("prompt", prompt)
-        num_prompts = len(prompt) if prompt is not None else _check_embeds("prompt_embeds", prompt_embeds, None)
-        _check_embeds("prompt_attention_mask", o["prompt_attention_mask"], prompt_embeds)
-        _check_embeds("negative_prompt_embeds", o["negative_prompt_embeds"], prompt_embeds)
-        _check_embeds("negative_prompt_attention_mask", o["negative_prompt_attention_mask"], o["negative_prompt_embeds"])
+        num_prompts = len(prompt) if prompt is not None else check_embeds("prompt_embeds", prompt_embeds, None)
+        check_embeds("prompt_attention_mask", o["prompt_attention_mask"], prompt_embeds)
+        check_embeds("negative_prompt_embeds", o["negative_prompt_embeds"], prompt_embeds)
+        check_embeds("negative_prompt_attention_mask", o["negative_prompt_attention_mask"], o["negative_prompt_embeds"])
         negative_prompt = o["negative_prompt"]
         if negative_prompt is not None and o["negative_prompt_embeds"] is not None:
             raise ValueError("Pass `negative_prompt` or `negative_prompt_embeds`, not both.")
@@ -258,37 +256,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, got "
                 f"{tensor_inputs}."
             )
-        self._check_memory(o, batch)
+        check_memory(self, o, batch)
         return prompt
-
-    def _check_memory(self, o: dict, batch: int) -> None:
-        """Refuse, before allocating anything, a call that would not fit in the free memory; say what would."""
-        free = available_memory_bytes(self._execution_device)
-        if free is None:
-            return
-        f, tau = self.video_tokenizer.config.spatial_compression_ratio, self.video_tokenizer.config.temporal_compression_ratio
-        latent_size = (o["height"] // f, o["width"] // f)
-        text_length = o["max_sequence_length"] or getattr(self.tokenizer, "model_max_length", 512)
-        text_length = min(text_length, 512) if o["prompt_embeds"] is None else o["prompt_embeds"].shape[1]
-        guidance = True  # counted as on: a table may still turn it on
-        chunk = o["decode_chunk_size"]
-
-        def need(num_frames: int, videos: int) -> int:
-            decoded = 0 if o["output_type"] == "latent" else num_frames if chunk is None else min(num_frames, 1 + tau * chunk)
-            return sampling_bytes(self, videos, 1 + (num_frames - 1) // tau, latent_size, text_length, guidance, decoded)
-
-        num_frames = o["num_frames"]
-        if need(num_frames, batch) <= free:
-            return
-        k_fit = _largest(lambda k: need(1 + tau * k, batch) <= free, (num_frames - 1) // tau)
-        batch_fit = _largest(lambda b: need(num_frames, b) <= free, batch)
-        frames_fit = "no length fits" if k_fit is None else f"at most {1 + tau * k_fit} frames fit at this batch"
-        raise ValueError(
-            f"`num_frames` = {num_frames} for {batch} video(s) needs about {need(num_frames, batch) / 2**30:.1f} GiB, "
-            f"but {free / 2**30:.1f} GiB are free: {frames_fit}, and at most {batch_fit or 0} video(s) of "
-            f"{num_frames} frames (`num_videos_per_prompt` x prompts). `decode_chunk_size` or a frame window "
-            "(`transformer.config.frame_mask_window`) lowers the need."
-        )
 
     def encode_prompt(
         self,
@@ -594,32 +563,6 @@ class _Sampling:
     given_bits: list[torch.Tensor]
     device: torch.device
     options: dict
-
-
-def _largest(fits, upper: int) -> int | None:
-    """The largest n in [0, upper] (or [1, upper] when 0 makes no sense) with `fits(n)`; `fits` is monotonic."""
-    lo, hi, best = 0, upper, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            best, lo = mid, mid + 1
-        else:
-            hi = mid - 1
-    return best
-
-
-def _check_embeds(name: str, value, reference) -> int | None:
-    """A `(B, L, C)` embedding, or a `(B, L)` mask when `reference` is its embedding; return B."""
-    if value is None:
-        return None
-    ndim = 3 if reference is None or name.endswith("_embeds") else 2
-    if not torch.is_tensor(value) or value.ndim != ndim or value.shape[0] == 0:
-        raise ValueError(f"`{name}` must be a {ndim}D tensor with a non-empty batch, got {getattr(value, 'shape', value)!r}.")
-    if reference is not None and value.shape[0] != reference.shape[0]:
-        raise ValueError(f"`{name}` has a batch of {value.shape[0]}, but its prompt embeddings have {reference.shape[0]}.")
-    if reference is not None and ndim == 2 and tuple(value.shape) != tuple(reference.shape[:2]):
-        raise ValueError(f"`{name}` must be shaped {tuple(reference.shape[:2])} like its embeddings, got {tuple(value.shape)}.")
-    return value.shape[0]
 
 
 def _repeat_text(states, mask, repeats: int, device):

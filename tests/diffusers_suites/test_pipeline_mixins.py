@@ -23,6 +23,7 @@ from diffusers_tests.pipelines.test_pipelines_common import PipelineTesterMixin
 from diffusers_tests.testing_utils import enable_full_determinism
 
 from skip_reasons import SAFETENSORS_ONLY, PipelineSkips, skipped
+from test_pipeline_mixins_new import VideoARPipelineTesterConfig
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
 
@@ -40,16 +41,7 @@ class VideoARPipelineFastTests(PipelineSkips, PipelineTesterMixin, unittest.Test
     image_params = TEXT_TO_IMAGE_IMAGE_PARAMS
     image_latents_params = TEXT_TO_IMAGE_IMAGE_PARAMS
     callback_cfg_params = TEXT_TO_IMAGE_CALLBACK_CFG_PARAMS
-    required_optional_params = frozenset(
-        [
-            "num_videos_per_prompt",
-            "generator",
-            "output_type",
-            "return_dict",
-            "callback_on_step_end",
-            "callback_on_step_end_tensor_inputs",
-        ]
-    )
+    required_optional_params = VideoARPipelineTesterConfig.optional_input_params  # the same list in both styles
     test_xformers_attention = False  # no xformers path (and no xformers/CUDA here)
     test_layerwise_casting = True  # the transformer has enable_layerwise_casting (DiffusersMemoryMixin)
     test_group_offloading = True  # the transformer has enable_group_offload (DiffusersMemoryMixin)
