@@ -114,10 +114,10 @@ def test_resize_then_centre_crop(folder, tmp_path):
     Image.fromarray(image).save(folder / "bars.png")
     write_video(folder / "wide.mp4", 20)
     write_metadata(folder, [{"file_name": "bars.png", "text": "bars"}, {"file_name": "wide.mp4", "text": "wide"}])
-    square = load(folder, tmp_path)
+    square = load(folder, tmp_path, media="all")
     assert square[0]["video"].shape == (3, 1, 16, 16)
     assert square[0]["video"].min() > 0.95
-    assert load(folder, tmp_path, resolution=(8, 24))[1]["video"].shape == (3, 5, 8, 24)
+    assert load(folder, tmp_path, resolution=(8, 24), media="all")[1]["video"].shape == (3, 5, 8, 24)
 
 
 def test_frames_to_clip_crops_the_centre():
@@ -140,10 +140,10 @@ def test_images_in_a_videofolder(video_folder, tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(video_folder / "still.png")
     rows = [{"file_name": "long.mp4", "text": "video"}, {"file_name": "still.png", "text": "image"}]
     write_metadata(video_folder, rows)
-    dataset = load(video_folder, tmp_path)
+    dataset = load(video_folder, tmp_path, media="all")
     assert [dataset[i]["video"].shape[1] for i in range(2)] == [5, 1]
 
-    videos_only = load(video_folder, tmp_path, allow_images=False)
+    videos_only = load(video_folder, tmp_path, media="all", allow_images=False)
     assert videos_only[1]["text"] == "video"  # the image is skipped, its neighbour takes its place
     assert videos_only.stats.as_dict()["too_short"] == 1
 
@@ -189,9 +189,10 @@ def test_streaming_skips_bad_rows(messy_folder, tmp_path):
 
 
 def test_short_video_padding_rule(messy_folder, tmp_path):
-    # short.mp4 holds 6 frames at 8 fps: enough to pad a 9-frame clip, not a 17-frame one
+    # short.mp4 lasts 0.75 s: 7 frames at 8 fps (the last shown at its end), enough to pad a 9-frame clip, not a
+    # 17-frame one
     padded = load(messy_folder, tmp_path, num_frames=9, short_video="pad")
-    assert frame_indices(padded[3]["video"]) == [0, 2, 4, 6, 8, 10, 10, 10, 10]
+    assert frame_indices(padded[3]["video"]) == [0, 2, 4, 6, 8, 10, 11, 11, 11]
     assert padded.stats.as_dict()["padded"] == 1
 
     too_short = load(messy_folder, tmp_path, num_frames=17, short_video="pad")
