@@ -8,7 +8,7 @@
         --num_clips 64 --output_dir out/orange-lora
 
 The tokenizer, the text encoder and the transformer's own weights stay frozen; the loss, curriculum, checkpoints
-(`--resume_from_checkpoint latest`) and logs are `train_videoar.py`'s. The result is `output_dir/adapter`: the
+(`--resume_from_checkpoint latest`) and logs are `train_videoar.py`'s: both run `TextToVideoTrainer`. The result is `output_dir/adapter`: the
 standard PEFT files (`adapter_config.json`, `adapter_model.safetensors`) and a model card, for
 `VideoARPipeline.load_lora_weights` or `videoar generate --lora`.
 """
@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCardData
 from peft import LoraConfig, inject_adapter_in_model
-from train_videoar import TextEncoder, train
-
-from videoar_hf import VideoARPipeline, shipped_model_path
-from videoar_hf.training_utils import add_training_args, check_training_args, make_accelerator, run_script
+from videoar_hf import VideoARPipeline, VideoARTransformer, shipped_model_path
+from videoar_hf.training import add_training_args, check_training_args, make_accelerator, run_script, training_config_from_args
+from videoar_hf.training.text_to_video import TextEncoder, TextToVideoTrainer
 
 ADAPTER_NAME = "default"
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -127,23 +126,34 @@ Or: `videoar generate "{prompt}"{model_flag} --lora path/to/this/adapter:1.0`.
 
 def main(args: argparse.Namespace) -> Path:
     started = time.time()
-    accelerator = make_accelerator(args)
+    config = training_config_from_args(args, project="train_lora")
+    accelerator = make_accelerator(config, args.mixed_precision, args.report_to)
     pipe = load_pipeline(args)
     transformer = pipe.transformer.requires_grad_(False)
     inject_adapter_in_model(lora_config(args), transformer, adapter_name=ADAPTER_NAME)  # only the LoRA trains
     text_encoder = TextEncoder(pipe.text_encoder, pipe.tokenizer, accelerator.device, memoize=args.precompute)
     video_tokenizer = pipe.video_tokenizer.to(accelerator.device).eval().requires_grad_(False)
-    adapter_dir = Path(args.output_dir) / "adapter"
+    adapter_dir = config.output_dir / "adapter"
     base_model = args.pretrained_model or "videoar-shapes (shipped with videoar-hf)"
 
-    def save(trained: VideoARPipeline) -> None:
-        card = model_card(args, base_model, Path(args.output_dir) / "history.json", time.time() - started)
-        trained.save_lora_adapter(adapter_dir, adapter_name=ADAPTER_NAME)
+    def fresh_transformer() -> VideoARTransformer:
+        fresh = VideoARTransformer(transformer.config)
+        inject_adapter_in_model(lora_config(args), fresh, adapter_name=ADAPTER_NAME)
+        return fresh
+
+    def save(trained: VideoARTransformer) -> None:
+        card = model_card(args, base_model, config.output_dir / "history.json", time.time() - started)
+        pipe.transformer = trained
+        pipe.save_lora_adapter(adapter_dir, adapter_name=ADAPTER_NAME)
         tmp = adapter_dir / ".README.md.tmp"
         tmp.write_text(card)
         os.replace(tmp, adapter_dir / "README.md")
 
-    train(args, accelerator, video_tokenizer, text_encoder, transformer, save=save, project="train_lora")
+    TextToVideoTrainer(
+        accelerator, config, transformer, video_tokenizer, text_encoder, text_dropout=args.text_dropout,
+        precompute=args.precompute, validation_prompts=args.validation_prompts, fresh_transformer=fresh_transformer,
+        save=save, gradient_checkpointing=args.gradient_checkpointing,
+    ).train()  # fmt: skip
     return adapter_dir
 
 

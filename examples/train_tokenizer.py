@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.training_utils import EMAModel
 from diffusers.utils import export_to_video
 from safetensors.torch import load_file
 
@@ -27,21 +26,9 @@ from videoar_hf import VideoARTokenizer
 from videoar_hf.atomic_directory import atomic_directory
 from videoar_hf.discriminator import Discriminator3D
 from videoar_hf.inflation import inflate_state_dict, reinflate_image_trained
+from videoar_hf.sampling import uniform_noise
 from videoar_hf.tokenizer_losses import PerceptualLoss, TokenizerLoss
-from videoar_hf.training_utils import (
-    StageSchedule,
-    add_training_args,
-    all_finite,
-    build_stages,
-    check_training_args,
-    ema_tensors,
-    make_accelerator,
-    run_script,
-    stage_batches_for,
-    start_or_resume,
-    stop_on_non_finite_loss,
-    trackable,
-)
+from videoar_hf.training import Trainer, add_training_args, check_training_args, make_accelerator, run_script, training_config_from_args
 
 logger = logging.getLogger("train_tokenizer")
 
@@ -115,12 +102,12 @@ def build_tokenizer(args) -> VideoARTokenizer:
     return tokenizer
 
 
-def mix_colours(video_BCTHW: torch.Tensor, prob: float) -> torch.Tensor:
+def mix_colours(video_BCTHW: torch.Tensor, prob: float, generator=None) -> torch.Tensor:
     """With probability `prob` per clip, new RGB = M @ RGB in [0, 1] for a random M in [0, 1]^(3x3): a pure red
-    becomes any colour, and black stays black. Torch's RNG, so a resumed run draws the same."""
+    becomes any colour, and black stays black. `generator` may be one per clip."""
     B = video_BCTHW.shape[0]
-    chosen_B = (torch.rand(B) < prob).to(video_BCTHW.device)
-    mix_B33 = torch.rand(B, 3, 3).to(video_BCTHW)
+    chosen_B = (uniform_noise((B,), generator, "cpu") < prob).to(video_BCTHW.device)
+    mix_B33 = uniform_noise((B, 3, 3), generator, "cpu").to(video_BCTHW)
     mixed = torch.einsum("bij,bjthw->bithw", mix_B33, (video_BCTHW + 1) / 2).clamp(0, 1) * 2 - 1
     return torch.where(chosen_B.view(B, 1, 1, 1, 1), mixed, video_BCTHW)
 
@@ -142,11 +129,56 @@ def save_reconstructions(tokenizer, batch: dict, folder: Path) -> None:
         export_to_video(list(clip.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)), str(folder / f"{i:02d}.mp4"), fps=8)
 
 
-def main(args: argparse.Namespace) -> Path:
-    output_dir = Path(args.output_dir)
-    accelerator = make_accelerator(args)
+class TokenizerTrainer(Trainer):
+    """The tokenizer's loss step, the optional discriminator step after it, and reconstructions at checkpoints."""
 
+    def __init__(self, accelerator, config, tokenizer, loss_fn: TokenizerLoss, colour_mix_prob: float):
+        super().__init__(accelerator, config, tokenizer)
+        self.loss_fn = loss_fn
+        self.colour_mix_prob = colour_mix_prob
+        self.gan_inputs = None
+
+    def training_step(self, batch, generators, step):
+        video = batch["video"].to(self.accelerator.device)
+        if self.colour_mix_prob:
+            video = mix_colours(video, self.colour_mix_prob, generators)
+        # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
+        reconstruction, latents, _, commitment_loss = self.model(video, return_dict=False)
+        discriminator = self.extra_models[0] if self.extra_models else None
+        loss, parts = self.loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
+        self.gan_inputs = (video, reconstruction.detach()) if self.loss_fn.gan_active(step) else None
+        return loss, {"psnr": psnr(video, reconstruction.detach()), **{f"{k}_loss": v for k, v in parts.items()}}
+
+    def auxiliary_step(self, step):
+        if self.gan_inputs is None:
+            return {}
+        discriminator, (optimizer,) = self.extra_models[0], self.extra_optimizers
+        loss, parts = self.loss_fn.discriminator_loss(discriminator, *self.gan_inputs)
+        self.accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        return {f"discriminator_{k}_loss": v for k, v in parts.items()}
+
+    def extra_state(self):
+        return {f"lecam.{k}": v for k, v in self.loss_fn.lecam.state_dict().items()}
+
+    def write_samples(self, folder, stage, batch):
+        if self.accelerator.is_main_process:
+            save_reconstructions(self.unwrapped, batch, folder)
+
+    def save_model(self, state_dict):
+        model = VideoARTokenizer.from_config(self.unwrapped.config)
+        model.load_state_dict(state_dict)
+        with atomic_directory(self.config.output_dir / "tokenizer") as tmp:
+            model.save_pretrained(tmp)
+
+
+def main(args: argparse.Namespace) -> Path:
+    config = training_config_from_args(args, project="train_tokenizer")
+    accelerator = make_accelerator(config, args.mixed_precision, args.report_to)
     tokenizer = build_tokenizer(args)
+    for stage in config.stages:  # fail before training when a stage's size does not fit the tokenizer
+        tokenizer.validate_video_shape(stage.num_frames, stage.resolution, stage.resolution)
     if args.gradient_checkpointing:
         tokenizer.enable_gradient_checkpointing()
     tokenizer.train()
@@ -160,88 +192,13 @@ def main(args: argparse.Namespace) -> Path:
         lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
     ).to(accelerator.device)  # fmt: skip
 
-    stages = build_stages(args)
-    for stage in stages:  # fail before training when a stage's size does not fit the tokenizer
-        tokenizer.validate_video_shape(stage.num_frames, stage.resolution, stage.resolution)
-    schedule = StageSchedule(stages)
-    betas = (args.adam_beta1, args.adam_beta2)
-    trainable = [p for p in tokenizer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1.0, betas=betas, weight_decay=args.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_at)  # lr 1: the schedule is absolute
-    tokenizer, optimizer, lr_scheduler = accelerator.prepare(tokenizer, optimizer, lr_scheduler)
-    discriminator = discriminator_optimizer = None
+    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob)
     if args.gan_weight > 0:
         discriminator = Discriminator3D(base_channels=args.discriminator_channels, norm_num_groups=8)
-        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate, betas=betas)
-        discriminator, discriminator_optimizer = accelerator.prepare(discriminator, discriminator_optimizer)
-    ema = EMAModel(tokenizer.parameters(), decay=args.ema_decay) if args.use_ema else None
-
-    def extra_state() -> dict[str, torch.Tensor]:
-        return {**ema_tensors(ema), **{f"lecam.{k}": v for k, v in loss_fn.lecam.state_dict().items()}}
-
-    checkpoints, step, history = start_or_resume(args, accelerator, extra_state(), ema)
-    accelerator.init_trackers("train_tokenizer", config=trackable(args))
-    models = [m for m in (tokenizer, discriminator) if m is not None]
-
-    first_stage, first_local = schedule.locate(step) if step < schedule.total_steps else (len(stages), 0)
-    for index in range(first_stage, len(stages)):
-        stage = stages[index]
-        start = first_local if index == first_stage else 0
-        stage_batches = stage_batches_for(args, accelerator, stages, index, start)
-
-        for local in range(start, stage.steps):
-            lr, logs = lr_scheduler.get_last_lr()[0], []
-            for batch in stage_batches.micro_batches(local):
-                with accelerator.accumulate(*models):
-                    video = batch["video"].to(accelerator.device)
-                    if args.colour_mix_prob:
-                        video = mix_colours(video, args.colour_mix_prob)
-                    # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
-                    reconstruction, latents, _, commitment_loss = tokenizer(video, return_dict=False)
-                    loss, parts = loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
-                    if not all_finite(accelerator, loss):
-                        stop_on_non_finite_loss(loss, step, checkpoints, tokenizer, history, extra_state())
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(tokenizer.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-                    if loss_fn.gan_active(step):
-                        discriminator_loss, discriminator_parts = loss_fn.discriminator_loss(discriminator, video, reconstruction)
-                        accelerator.backward(discriminator_loss)
-                        discriminator_optimizer.step()
-                        discriminator_optimizer.zero_grad()
-                        parts |= {f"discriminator_{k}": v for k, v in discriminator_parts.items()}
-                    logs.append({"loss": loss.detach(), "psnr": psnr(video, reconstruction.detach()), **parts})
-            step += 1
-            if ema:
-                ema.step(tokenizer.parameters())
-            means = {k: accelerator.reduce(torch.stack([l[k] for l in logs]).mean(), "mean").item() for k in logs[0]}
-            history.append(step, lr=lr, **{(k if k in ("loss", "psnr") else f"{k}_loss"): v for k, v in means.items()})
-            if step % args.logging_steps == 0 or step == schedule.total_steps:
-                bad_data = {f"data/{k}": v for k, v in stage_batches.data_stats().items() if v}
-                accelerator.log({**means, "lr": lr, **bad_data}, step=step)
-                logger.info(
-                    f"step {step}/{schedule.total_steps} loss {means['loss']:.4f} psnr {means['psnr']:.2f} dB {bad_data or ''}"
-                )
-            if step % args.checkpointing_steps == 0:
-                path = checkpoints.save(step, history, extra_state())
-                if accelerator.is_main_process:
-                    save_reconstructions(accelerator.unwrap_model(tokenizer).eval(), batch, output_dir / "samples" / path.name)
-                    accelerator.unwrap_model(tokenizer).train()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(tokenizer).eval()
-        if ema:
-            ema.copy_to(model.parameters())
-        with atomic_directory(output_dir / "tokenizer") as tmp:
-            model.save_pretrained(tmp)
-        history.save(output_dir / "history.json")
-        history.plot(output_dir / "loss_curve.png", title="VideoAR tokenizer")
-    accelerator.end_training()
-    return output_dir / "tokenizer"
+        optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate, betas=config.adam_betas)
+        trainer.setup(extra_models=(discriminator,), extra_optimizers=(optimizer,))
+    trainer.train()
+    return config.output_dir / "tokenizer"
 
 
 if __name__ == "__main__":

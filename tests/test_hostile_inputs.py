@@ -512,7 +512,7 @@ def test_video_continuation_reads_the_needed_frames_at_the_fps_cropped_as_in_tra
 def test_a_damaged_checkpoint_part_stops_the_resume_by_name(tmp_path, damaged, caplog):
     from accelerate import Accelerator
 
-    from videoar_hf.training_utils import CheckpointManager, LossHistory
+    from videoar_hf.training import CheckpointManager, LossHistory
 
     def run():
         accelerator = Accelerator(cpu=True)
@@ -552,7 +552,7 @@ def test_a_missing_dataset_is_one_line_at_once(tmp_path, monkeypatch, capsys, da
                                       "--max_train_steps", "1"])  # fmt: skip
     start = time.perf_counter()
     with pytest.raises(SystemExit) as exit_info:
-        from videoar_hf.training_utils import run_script
+        from videoar_hf.training import run_script
 
         run_script("train_lora", train_lora.main, train_lora.parse_args)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train_lora")]
@@ -678,7 +678,7 @@ def test_the_installed_command_prints_exactly_one_line(cli_model, tmp_path, args
 def test_a_checkpoint_save_removes_partials_of_killed_saves(tmp_path):
     from accelerate import Accelerator
 
-    from videoar_hf.training_utils import CheckpointManager, LossHistory
+    from videoar_hf.training import CheckpointManager, LossHistory
 
     accelerator = Accelerator(cpu=True)
     accelerator.prepare(torch.nn.Linear(2, 2))

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,13 @@ from safetensors.torch import load_file
 
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
-from videoar_hf.training_utils import build_dataset
+from videoar_hf.training.shapes_options import shapes_options_from_args
+from videoar_hf.training.text_to_video import TextToVideoTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    sys.path.insert(0, str(ROOT / "examples"))  # train_lora imports train_videoar, as when run as a script
     spec = importlib.util.spec_from_file_location("train_lora", ROOT / "examples" / "train_lora.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -72,9 +71,8 @@ def test_resume_from_a_checkpoint_gives_the_same_adapter(base_model, tmp_path, m
     common = ["--max_train_steps", "6", "--checkpointing_steps", "3"]
     full = script.main(script.parse_args(lora_args(base_model, tmp_path / "full", *common)))
     shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
-    loop, steps = sys.modules["train_videoar"], []
-    original = loop.training_loss
-    monkeypatch.setattr(loop, "training_loss", lambda *a: steps.append(1) or original(*a))
+    steps, original = [], TextToVideoTrainer.training_step
+    monkeypatch.setattr(TextToVideoTrainer, "training_step", lambda *a: steps.append(1) or original(*a))
     resumed = script.main(script.parse_args(lora_args(base_model, tmp_path / "resumed", *common,
                                                       "--resume_from_checkpoint", "latest")))  # fmt: skip
     assert len(steps) == 3, "the resumed run trains only the steps after its checkpoint"
@@ -86,7 +84,7 @@ def test_new_colour_share_sets_how_many_clips_are_in_the_new_colours(base_model,
     script = load_script()
     args = script.parse_args(lora_args(base_model, tmp_path, "--shapes_new_colour_share", "0.25", "--shapes_colours",
                                        "orange", "red", "blue", "--num_clips", "40"))  # fmt: skip
-    colours = [item["colour"] for item in build_dataset(args, "shapes", 32, 5, seed=0)]
+    colours = [item["colour"] for item in shapes_options_from_args(args).dataset(5, 32, seed=0)]
     assert colours.count("orange") == 10 and set(colours) == {"orange", "red", "blue"}
 
 

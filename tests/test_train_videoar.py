@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from videoar_hf import VideoARPipeline
 from videoar_hf.testing_utils import tiny_pipeline
-from videoar_hf.training_utils import NonFiniteLossError
+from videoar_hf.training import NonFiniteLossError
+from videoar_hf.training.text_to_video import TextToVideoTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_videoar.py"
@@ -65,7 +66,7 @@ def test_training_runs_end_to_end_and_the_loss_falls(components, tmp_path):
     assert pipe("a blue square moving up", num_frames=5, output_type="np").frames.shape == (1, 5, 32, 32, 3)
 
 
-def test_curriculum_runs_two_stages_at_different_sizes(components, tmp_path):
+def test_curriculum_runs_two_stages_at_different_sizes(components, tmp_path, monkeypatch):
     stages = {
         "stages": [
             {"name": "I", "resolution": 16, "num_frames": 5, "steps": 4, "batch_size": 4, "learning_rate": 2e-3,
@@ -76,13 +77,13 @@ def test_curriculum_runs_two_stages_at_different_sizes(components, tmp_path):
     (tmp_path / "stages.json").write_text(json.dumps(stages))
     seen = []
     script = load_script()
-    original = script.training_loss
+    original = TextToVideoTrainer.training_step
 
-    def spy(args, batch, *rest):
+    def spy(self, batch, *rest):
         seen.append(tuple(batch["video"].shape))
-        return original(args, batch, *rest)
+        return original(self, batch, *rest)
 
-    script.training_loss = spy
+    monkeypatch.setattr(TextToVideoTrainer, "training_step", spy)
     args = script.parse_args(base_args(components, tmp_path / "run", "--stages", str(tmp_path / "stages.json"),
                                        "--validation_prompts"))  # fmt: skip
     script.main(args)
@@ -128,17 +129,17 @@ def test_kill_and_resume_reaches_the_same_weights_and_loss_curve(components, tmp
     assert all(torch.equal(weights[k], weights_resumed[k]) for k in weights)
 
 
-def test_a_nan_loss_stops_the_run_naming_the_step(components, tmp_path):
+def test_a_nan_loss_stops_the_run_naming_the_step(components, tmp_path, monkeypatch):
     script = load_script()
-    original = script.training_loss
+    original = TextToVideoTrainer.training_step
     calls = []
 
     def poisoned(*args):
         calls.append(1)
-        loss = original(*args)
-        return loss * float("nan") if len(calls) == 4 else loss
+        loss, logs = original(*args)
+        return (loss * float("nan") if len(calls) == 4 else loss), logs
 
-    script.training_loss = poisoned
+    monkeypatch.setattr(TextToVideoTrainer, "training_step", poisoned)
     args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "6", "--validation_prompts"))
     with pytest.raises(NonFiniteLossError, match="nan at step 4") as error:
         script.main(args)

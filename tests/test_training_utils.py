@@ -5,7 +5,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from videoar_hf.training_utils import (
+from videoar_hf.training import (
     CheckpointManager,
     LossHistory,
     ResumableBatchSampler,
@@ -60,8 +60,10 @@ def test_stage_schedule_warms_up_and_decays_per_stage():
 def test_resumable_batches_continue_where_they_stopped():
     full = list(ResumableBatchSampler(10, 3, num_batches=8, seed=0))
     assert all(len(b) == 3 for b in full) and len(full) == 8
-    assert sorted(sum(full[:3], [])) == sorted(set(sum(full[:3], []))), "no repeats inside an epoch"
-    assert full[:3] != full[3:6], "every epoch has its own order"
+    indices = [[i for _, i in batch] for batch in full]
+    assert sorted(sum(indices[:3], [])) == sorted(set(sum(indices[:3], []))), "no repeats inside an epoch"
+    assert indices[:3] != indices[3:6], "every epoch has its own order"
+    assert [{e for e, _ in batch} for batch in full] == [{0}] * 3 + [{1}] * 3 + [{2}] * 2, "each index carries its epoch"
     assert list(ResumableBatchSampler(10, 3, num_batches=8, seed=0, start_batch=5)) == full[5:]
     with pytest.raises(ValueError, match="fewer than one batch"):
         ResumableBatchSampler(2, 3, num_batches=1, seed=0)

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from videoar_hf.training_utils import LossHistory  # noqa: E402
+from videoar_hf.training import LossHistory  # noqa: E402
 
 PANELS = (
     (("tokenizer_stills",), "psnr", "tokenizer, stills: PSNR (dB)"),

@@ -8,6 +8,7 @@ import torch
 
 from .configuration_videoar import VideoARConfig
 from .quantizer import MultiScaleBitwiseQuantizer, ResidualQuantization
+from .sampling import uniform_noise
 
 
 def sample_flip_rates(
@@ -18,14 +19,14 @@ def sample_flip_rates(
     rate_max: float = 0.25,
     delta: float = 0.01,
     inheritance: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Flip rate of every (sample, frame, scale), `(B, T, K)`.
 
     Frame t draws `p ~ U(rate_min + delta*t, rate_max + delta*t)` per scale; with `inheritance`, its first scale draws
     `p ~ U(p_prev_last, rate_max + delta*t)` where `p_prev_last` is the rate of frame t-1's last scale.
     """
-    uniform_BTK = torch.rand(batch_size, num_frames, num_scales, generator=generator)
+    uniform_BTK = uniform_noise((batch_size, num_frames, num_scales), generator, "cpu")
     rates_BTK = torch.empty_like(uniform_BTK)
     for t in range(num_frames):
         low, high = rate_min + delta * t, rate_max + delta * t
@@ -41,9 +42,10 @@ def error_corrected_pyramid(
     latents_BdTHW: torch.Tensor,
     scale_sizes: list[tuple[int, int]],
     config: VideoARConfig,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> ResidualQuantization:
-    """Transformer inputs and targets for one training clip, with error correction when `config.error_correction`."""
+    """Transformer inputs and targets for one training clip, with error correction when `config.error_correction`.
+    `generator` may be one per sample, so a sample draws the same flips in any batch."""
     flip_rates_BTK = None
     if config.error_correction:
         B, _, T = latents_BdTHW.shape[:3]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sampling import uniform_noise
+
 
 @dataclass
 class ResidualQuantization:
@@ -60,7 +62,7 @@ class MultiScaleBitwiseQuantizer(nn.Module):
         latents_BdTHW: torch.Tensor,
         scale_sizes: Sequence[tuple[int, int]],
         flip_rates_BTK: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> ResidualQuantization:
         """Quantize every frame over `scale_sizes`.
 
@@ -79,7 +81,7 @@ class MultiScaleBitwiseQuantizer(nn.Module):
             bits.append(bits_NhwD)
             if flip_rates_BTK is not None:
                 flip_rate_N = flip_rates_BTK[:, :, k].reshape(B * T, 1, 1, 1).to(latents_NdHW.device)
-                noise = torch.rand(bits_NhwD.shape, generator=generator, device=bits_NhwD.device)
+                noise = uniform_noise((B, T, *bits_NhwD.shape[1:]), generator, bits_NhwD.device).flatten(0, 1)
                 bits_NhwD = bits_NhwD ^ (noise < flip_rate_N)
             next_size = scale_sizes[(k + 1) % len(scale_sizes)]
             features_NdHW, next_input_NhwD = self.accumulate(features_NdHW, bits_NhwD, next_size)

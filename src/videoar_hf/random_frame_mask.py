@@ -3,6 +3,7 @@
 import torch
 
 from .attention_mask import frame_window_keep
+from .sampling import uniform_noise
 
 
 def random_frame_keep(
@@ -10,12 +11,13 @@ def random_frame_keep(
     num_frames: int,
     mask_prob: float,
     window: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     device=None,
 ) -> torch.Tensor:
     """`(B, T, T)` table: frame t keeps the earlier frame s with probability `1 - mask_prob`, independently per pair,
-    and only inside the causal window of `window` past frames. A frame always keeps itself."""
-    keep_BTT = torch.rand(batch_size, num_frames, num_frames, generator=generator) >= mask_prob
+    and only inside the causal window of `window` past frames. A frame always keeps itself. `generator` may be one
+    per sample."""
+    keep_BTT = uniform_noise((batch_size, num_frames, num_frames), generator, "cpu") >= mask_prob
     window_keep = frame_window_keep(batch_size, num_frames, window)
     if window_keep is not None:
         keep_BTT &= window_keep

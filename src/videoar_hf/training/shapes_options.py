@@ -1,0 +1,78 @@
+"""The Shapes-only training options (`--dataset shapes`): how many clips, which colours, the held-out triples."""
+
+from dataclasses import dataclass, field
+from functools import partial
+
+from torch.utils.data import ConcatDataset
+
+from ..shapes import COLOURS, HELD_OUT_TRIPLES, ShapesDataset, parse_colour, training_triples
+
+
+@dataclass
+class ShapesOptions:
+    """What a Shapes training set holds. `new_colours` are `NAME=R,G,B` specs added to the palette; `colours`
+    restricts training to some palette colours; `new_colour_share` fixes the share of clips in the new colours."""
+
+    num_clips: int = 2048
+    include_held_out: bool = False
+    new_colours: list[str] = field(default_factory=list)
+    new_colour_share: float | None = None
+    colours: list[str] | None = None
+
+    def __post_init__(self):
+        if self.num_clips < 1:
+            raise ValueError(f"--num_clips must be >= 1, got {self.num_clips}.")
+        palette = self.palette
+        unknown = sorted(set(self.colours or ()) - set(palette))
+        if unknown:
+            raise ValueError(f"--shapes_colours {unknown} are not in the palette {list(palette)}; add them with --shapes_new_colours.")  # fmt: skip
+        if (share := self.new_colour_share) is not None:
+            if not self.new_colours:
+                raise ValueError("--shapes_new_colour_share needs --shapes_new_colours.")
+            if not 0 < share < 1:
+                raise ValueError(f"--shapes_new_colour_share must be in (0, 1), got {share}; leave it out to draw colours evenly.")  # fmt: skip
+            colours, new = set(self.colours or palette), palette.keys() - COLOURS.keys()
+            if not colours & new or not colours - new:
+                raise ValueError("--shapes_new_colour_share needs both new and original colours in --shapes_colours.")
+
+    @property
+    def palette(self) -> dict[str, tuple[int, int, int]]:
+        """The Shapes palette with the new colours added."""
+        try:
+            return {**COLOURS, **dict(parse_colour(spec) for spec in self.new_colours)}
+        except ValueError as error:
+            raise ValueError(f"--shapes_new_colours: {error}") from error
+
+    def dataset(self, num_frames: int, resolution: int, seed: int):
+        """The training clips: held-out triples excluded unless `include_held_out`."""
+        palette = self.palette
+        held_out = () if self.include_held_out else HELD_OUT_TRIPLES
+        triples = [t for t in training_triples(held_out, palette) if t.colour in (self.colours or palette)]
+        part = partial(ShapesDataset, num_frames=num_frames, resolution=resolution, colours=palette, held_out=held_out)
+        if self.new_colour_share is None:
+            return part(self.num_clips, seed=seed, triples=triples)
+        # a fixed share of new-colour clips, so a LoRA learns them without forgetting the rest; each part its own seed
+        new_colours = palette.keys() - COLOURS.keys()
+        num_new = round(self.new_colour_share * self.num_clips)
+        parts = [
+            part(count, seed=part_seed, triples=[t for t in triples if (t.colour in new_colours) == is_new])
+            for count, part_seed, is_new in ((num_new, seed, True), (self.num_clips - num_new, seed + 2**31, False))
+            if count
+        ]
+        return ConcatDataset(parts)
+
+
+def add_shapes_arguments(parser) -> None:
+    group = parser.add_argument_group("Shapes only (--dataset shapes)")
+    group.add_argument("--num_clips", type=int, default=2048, help="Clips per epoch.")
+    group.add_argument("--include_held_out", action="store_true", help="Also train on the held-out (colour, shape, motion) triples.")
+    group.add_argument("--shapes_new_colours", nargs="+", default=[], metavar="NAME=R,G,B", help="Colours added to the palette, e.g. orange=255,128,0.")
+    group.add_argument("--shapes_new_colour_share", type=float, default=None, metavar="P", help="The share of clips in the new colours, the rest in the original ones (default: every triple equally likely).")
+    group.add_argument("--shapes_colours", nargs="+", default=None, metavar="NAME", help="Train on these colours of the palette alone (default: all).")
+
+
+def shapes_options_from_args(args) -> ShapesOptions:
+    return ShapesOptions(
+        num_clips=args.num_clips, include_held_out=args.include_held_out, new_colours=args.shapes_new_colours,
+        new_colour_share=args.shapes_new_colour_share, colours=args.shapes_colours,
+    )  # fmt: skip
