@@ -1,13 +1,190 @@
 """The block-wise causal mask over `[text][frame 0: scales 1..K][frame 1: scales 1..K]...` (docs/method.md §3).
 
 A token sees the valid text tokens, every block of earlier frames, and the blocks of its own frame up to its own
-scale (full attention inside a block). Text tokens see the text only. One function builds the mask for the
-teacher-forced forward and for every cached sampling step, so the two cannot disagree.
+scale (full attention inside a block). Text tokens see the text only. One rule, `BlockCausalRule.__call__`, decides
+each (query, key) pair: it is flex attention's `mask_mod`, and it is evaluated on index grids to build the dense
+mask that SDPA and eager attention take. The teacher-forced forward and every cached sampling step use it, so no
+two paths can disagree.
 """
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 import torch
 
 TEXT_BLOCK = -1  # block and frame index of text tokens
+FLEX_BLOCK_SIZE = 128  # flex attention's default sparse block (torch's _DEFAULT_SPARSE_BLOCK_SIZE)
+_CHUNK_ELEMENTS = 1 << 24  # dense masks are built this many elements at a time: bounded intermediates
+
+
+@dataclass(frozen=True, eq=False)
+class BlockCausalRule:
+    """Who may see whom, from per-token tables.
+
+    Blocks are numbered `t * K + k` for video and `TEXT_BLOCK` for text; `key_valid_BM` is False on text padding.
+    `frame_keep_BTT[b, t, s]` says whether frame t may see the earlier frame s (Random Frame Mask and its window).
+    """
+
+    query_blocks_N: torch.Tensor
+    query_frames_N: torch.Tensor
+    key_blocks_M: torch.Tensor
+    key_frames_M: torch.Tensor
+    key_valid_BM: torch.Tensor
+    frame_keep_BTT: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, N, M): batch, queries, keys."""
+        return self.key_valid_BM.shape[0], self.query_blocks_N.shape[0], self.key_blocks_M.shape[0]
+
+    def __call__(self, b: torch.Tensor, h, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """True where query `q` of sample `b` may attend to key `k`. flex attention's `mask_mod` signature: flex
+        passes 0-d indices, `dense` passes broadcastable index grids; `h` is unused (every head has the same mask)."""
+        q_block, q_frame = self.query_blocks_N[q], self.query_frames_N[q]
+        k_block, k_frame = self.key_blocks_M[k], self.key_frames_M[k]
+        visible = (k_block <= q_block) & self.key_valid_BM[b, k]
+        if self.frame_keep_BTT is None:
+            return visible
+        keep = self.frame_keep_BTT[b, q_frame.clamp(min=0), k_frame.clamp(min=0)]
+        # the frame mask only ever removes earlier video frames; text and the query's own frame stay visible
+        exempt = (k_frame == TEXT_BLOCK) | (k_frame >= q_frame)
+        return visible & (keep | exempt)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Boolean `(B, 1, stop - start, M)`: the rule on queries `start..stop` against every key."""
+        B, _, M = self.shape
+        device = self.key_valid_BM.device
+        b = torch.arange(B, device=device)[:, None, None, None]
+        q = torch.arange(start, stop, device=device)[None, None, :, None]
+        k = torch.arange(M, device=device)[None, None, None, :]
+        return self(b, None, q, k).expand(B, 1, stop - start, M)
+
+    def _row_chunks(self, multiple: int = 1):
+        B, N, M = self.shape
+        step = max(multiple, _CHUNK_ELEMENTS // max(1, B * M) // multiple * multiple)
+        for start in range(0, N, step):
+            yield start, min(N, start + step)
+
+    def dense(self, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+        """The `(B, 1, N, M)` mask: boolean, or additive in `dtype` (0 where visible, the dtype's minimum elsewhere:
+        what eager and SDPA attention take). Written a chunk of rows at a time into the result, so building it costs
+        its own size plus a few chunks, not several full-size intermediates."""
+        B, N, M = self.shape
+        out = torch.empty((B, 1, N, M), dtype=dtype, device=self.key_valid_BM.device)
+        for start, stop in self._row_chunks():
+            visible = self.rows(start, stop)
+            if dtype == torch.bool:
+                out[:, :, start:stop] = visible
+            else:
+                out[:, :, start:stop] = 0
+                out[:, :, start:stop].masked_fill_(~visible, torch.finfo(dtype).min)
+        return out
+
+    def block_mask(self, block_size: int = FLEX_BLOCK_SIZE):
+        """The flex attention `BlockMask` of this rule, with the rule as its `mask_mod`.
+
+        What `create_block_mask` computes (a tile of `block_size` x `block_size` is skipped when no pair in it is
+        visible, and runs without `mask_mod` when all are), but evaluated a chunk of query tiles at a time: the dense
+        `(B, N, M)` mask is never held at once."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        B, N, M = self.shape
+        kv_tiles = -(-M // block_size)
+        partial, full = [], []
+        for start, stop in self._row_chunks(block_size):
+            visible = self.rows(start, stop)
+            rows = -(-(stop - start) // block_size) * block_size
+            visible = torch.nn.functional.pad(visible, (0, kv_tiles * block_size - M, 0, rows - (stop - start)))
+            count = visible.view(B, 1, rows // block_size, block_size, kv_tiles, block_size).sum(dim=(3, 5))
+            full.append(count == block_size * block_size)
+            partial.append((count > 0) & ~full[-1])
+        return BlockMask.from_kv_blocks(
+            *_ordered(torch.cat(partial, dim=2)), *_ordered(torch.cat(full, dim=2)), BLOCK_SIZE=block_size,
+            mask_mod=self._for_kernel(), seq_lengths=(N, M),
+        )  # fmt: skip
+
+    def _for_kernel(self) -> "BlockCausalRule":
+        """The rule the compiled kernel reads. On CPU its tables are padded to a few bucket sizes and marked static:
+        inductor's CPU flex kernel (torch 2.13) fails to compile when a `mask_mod`'s tables change size between calls
+        (`CppCompileError: 'cur_kvSplitSize5' was not declared`), and without padding every new length would be a new
+        compilation. So a new compilation comes only with a new bucket (x4 apart). GPUs take the tables as they are."""
+        if self.key_valid_BM.device.type != "cpu":
+            return self
+        _, N, M = self.shape
+        tokens = 256
+        while tokens < max(N, M):
+            tokens *= 4
+        padded = dict(
+            query_blocks_N=_pad_to(self.query_blocks_N, (tokens,)),
+            query_frames_N=_pad_to(self.query_frames_N, (tokens,)),
+            key_blocks_M=_pad_to(self.key_blocks_M, (tokens,)),
+            key_frames_M=_pad_to(self.key_frames_M, (tokens,)),
+            key_valid_BM=_pad_to(self.key_valid_BM, (self.key_valid_BM.shape[0], tokens)),
+        )
+        if self.frame_keep_BTT is not None:
+            B, T, _ = self.frame_keep_BTT.shape
+            frames = max(64, 1 << (T - 1).bit_length())
+            padded["frame_keep_BTT"] = _pad_to(self.frame_keep_BTT, (B, frames, frames))
+        for table in padded.values():
+            torch._dynamo.mark_static(table)
+        return replace(self, **padded)
+
+    def fingerprint(self) -> tuple:
+        """A key equal for two rules exactly when their tables are: the `BlockMaskCache` key."""
+        digest = hashlib.blake2b(digest_size=16)
+        for table in (self.query_blocks_N, self.query_frames_N, self.key_blocks_M, self.key_frames_M,
+                      self.key_valid_BM, self.frame_keep_BTT):  # fmt: skip
+            if table is None:
+                digest.update(b"none")
+                continue
+            digest.update(f"{tuple(table.shape)}{table.dtype}".encode())
+            digest.update(table.detach().contiguous().cpu().numpy().tobytes())
+        return str(self.key_valid_BM.device), digest.hexdigest()
+
+
+def _ordered(tiles_BHQK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query tile: how many key tiles are set, and their indices first (the `BlockMask.from_kv_blocks` form)."""
+    tiles = tiles_BHQK.to(torch.int32)
+    order = torch.argsort(tiles, dim=-1, descending=True, stable=True)
+    return tiles.sum(-1).to(torch.int32), order.to(torch.int32)
+
+
+def _pad_to(table: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=table.dtype, device=table.device)
+    out[tuple(slice(0, n) for n in table.shape)] = table
+    return out
+
+
+class BlockMaskCache:
+    """The `BlockMask`s of the last `max_size` token layouts, keyed on the rule's tables (token blocks and frames,
+    key validity, frame-keep table), least recently used dropped first.
+
+    Only deterministic masks belong here: a teacher-forced pass with a Random Frame Mask draws a new table every
+    step, so its mask would never be hit again; the caller builds it without the cache."""
+
+    def __init__(self, max_size: int = 32):
+        self.max_size = max_size
+        self.hits = self.misses = 0
+        self._masks: OrderedDict = OrderedDict()
+
+    def get(self, rule: BlockCausalRule):
+        key = rule.fingerprint()
+        if key in self._masks:
+            self.hits += 1
+            self._masks.move_to_end(key)
+            return self._masks[key]
+        self.misses += 1
+        self._masks[key] = mask = rule.block_mask()
+        if len(self._masks) > self.max_size:
+            self._masks.popitem(last=False)
+        return mask
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def clear(self) -> None:
+        self._masks.clear()
 
 
 def block_causal_mask(
@@ -18,19 +195,10 @@ def block_causal_mask(
     key_valid_BM: torch.Tensor,
     frame_keep_BTT: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boolean mask `(B, 1, N, M)`, True where a query may attend to a key.
-
-    Blocks are numbered `t * K + k` for video and `TEXT_BLOCK` for text; `key_valid_BM` is False on text padding.
-    `frame_keep_BTT[b, t, s]` says whether frame t may see the earlier frame s (Random Frame Mask and its window).
-    """
-    visible = (key_blocks_M[None, :] <= query_blocks_N[:, None])[None] & key_valid_BM[:, None, :]
-    if frame_keep_BTT is not None:
-        q_frame, k_frame = query_frames_N.clamp(min=0), key_frames_M.clamp(min=0)
-        keep = frame_keep_BTT[:, q_frame[:, None], k_frame[None, :]]
-        # the mask only ever removes earlier video frames; text and the query's own frame stay visible
-        exempt = (key_frames_M[None, :] == TEXT_BLOCK) | (key_frames_M[None, :] >= query_frames_N[:, None])
-        visible = visible & (keep | exempt[None])
-    return visible[:, None]
+    """Boolean mask `(B, 1, N, M)`, True where a query may attend to a key (`BlockCausalRule`, densely)."""
+    return BlockCausalRule(
+        query_blocks_N, query_frames_N, key_blocks_M, key_frames_M, key_valid_BM, frame_keep_BTT
+    ).dense()
 
 
 def frame_window_keep(batch_size: int, num_frames: int, window: int | None, device=None) -> torch.Tensor | None:
@@ -43,7 +211,7 @@ def frame_window_keep(batch_size: int, num_frames: int, window: int | None, devi
 
 
 def to_additive_mask(mask_B1NM: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where visible, the dtype's minimum elsewhere: the form both eager and SDPA attention accept."""
-    return torch.zeros(mask_B1NM.shape, dtype=dtype, device=mask_B1NM.device).masked_fill(
-        ~mask_B1NM, torch.finfo(dtype).min
-    )
+    """0 where visible, the dtype's minimum elsewhere: the form eager and SDPA take, filled in place (a boolean mask
+    handed to SDPA is converted to this inside every call, and kept once per layer for the backward)."""
+    out = torch.zeros(mask_B1NM.shape, dtype=dtype, device=mask_B1NM.device)
+    return out.masked_fill_(mask_B1NM.logical_not(), torch.finfo(dtype).min)

@@ -14,7 +14,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.output_capturing import capture_outputs
 
-from .attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep, to_additive_mask
+from .attention_mask import TEXT_BLOCK, BlockCausalRule, BlockMaskCache, frame_window_keep, to_additive_mask
 from .cache import VideoARCache
 from .configuration_videoar import VideoARConfig
 from .diffusers_memory import DiffusersMemoryMixin
@@ -137,7 +137,7 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["VideoARDecoderLayer"]
     _supports_sdpa = True
-    _supports_flex_attn = False  # the block mask is dense (a BlockMask is future work)
+    _supports_flex_attn = True  # a BlockMask of the block-causal rule; forward only on CPU (torch has no backward)
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": VideoARDecoderLayer, "attentions": VideoARAttention}
 
@@ -181,6 +181,14 @@ class VideoARTransformer(VideoARPreTrainedModel):
       same cache after; it knows which block comes next.
     A block's input is its next-scale feature map (`ResidualQuantization.scale_inputs`) embedded by a linear layer
     plus a learned scale embedding; frame 0's first block is a learned start token (docs/method.md §3).
+
+    Attention (`attn_implementation`): `"sdpa"` (default) and `"eager"` take the dense block-causal mask, built once per
+    pass in the compute dtype and shared by every layer: `(L + N)^2` elements per sample, 1.5 GiB in fp32 at
+    33x384x672. `"flex_attention"` takes a `BlockMask` of the same rule (kilobytes, and tiles no token can see are
+    skipped); it is built once per token layout and kept (`block_mask_cache`), except under a Random Frame Mask,
+    whose table is new every step. torch's flex attention has no backward pass on CPU: a pass that needs gradients
+    there raises; train on CPU with `"sdpa"`. On CPU, flex compiles once per shape bucket (several seconds each) and
+    is slower than SDPA at sampling (benchmarks/attention.py), so it is for GPUs; SDPA stays the default.
     """
 
     def __init__(self, config: VideoARConfig):
@@ -194,6 +202,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
         self.layers = nn.ModuleList([VideoARDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.bit_head = nn.Linear(config.hidden_size, config.latent_bits)
+        self.block_mask_cache = BlockMaskCache()  # flex attention's BlockMasks, per token layout
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -254,7 +263,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
             raise ValueError("A teacher-forced pass needs `text_hidden_states`.")
         inputs_BNd, layout = self._pack_inputs(scale_inputs, latent_size)
         B, T = inputs_BNd.shape[0], layout.num_frames
-        if frame_keep is None and self.training and self.config.frame_mask_prob > 0:
+        random_frame_mask = frame_keep is None and self.training and self.config.frame_mask_prob > 0
+        if random_frame_mask:
             from .random_frame_mask import random_frame_keep  # training-only module
 
             frame_keep = random_frame_keep(
@@ -269,8 +279,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
             text_BLC, text_valid_BL, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
         )
-        mask = block_causal_mask(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
-        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, mask))
+        rule = BlockCausalRule(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
+        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, rule, reusable_mask=not random_frame_mask))
         logits_BNd = self.bit_head(hidden_BNC[:, text_BLC.shape[1] :])
 
         loss = None
@@ -311,10 +321,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
             cache.drop_frames_before(frame - window)  # out of every later token's sight: memory stays flat
         cache.append_tokens(blocks_N, frames_N, valid_BN)
         frame_keep = frame_window_keep(B, frame + 1, window, device=self.device)
-        mask = block_causal_mask(
-            blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep
-        )
-        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, mask, cache))
+        rule = BlockCausalRule(blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep)
+        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, rule, cache))
         return VideoARTransformerOutput(logits=self.bit_head(hidden_BNC[:, -n:]), last_hidden_state=hidden_BNC, cache=cache)
 
     def _pack_inputs(self, scale_inputs, latent_size) -> tuple[torch.Tensor, TokenLayout]:
@@ -389,9 +397,29 @@ class VideoARTransformer(VideoARPreTrainedModel):
             torch.cat([text_valid_BL, valid_BN], dim=1),
         )
 
-    def _run_layers(self, hidden_BNC, position_ids_BN3, mask_B1NM, cache: VideoARCache | None = None):
+    def _run_layers(self, hidden_BNC, position_ids_BN3, mask: BlockCausalRule | torch.Tensor,
+                    cache: VideoARCache | None = None, reusable_mask: bool = True):  # fmt: skip
+        """`mask`: the pass's `BlockCausalRule`, or a boolean `(B, 1, N, M)` mask; `reusable_mask=False` keeps a
+        BlockMask that will never recur (a Random Frame Mask draw) out of the cache."""
         position_embeddings = self.rotary_emb(position_ids_BN3, hidden_BNC.dtype)
-        attention_mask = to_additive_mask(mask_B1NM, hidden_BNC.dtype)
+        attention_mask = self._attention_mask(mask, hidden_BNC, reusable_mask)
         for layer in self.layers:
             hidden_BNC = layer(hidden_BNC, position_embeddings, attention_mask, cache=cache)
         return hidden_BNC
+
+    def _attention_mask(self, mask, hidden_BNC: torch.Tensor, reusable: bool):
+        """The mask in the form the attention implementation takes, built once for every layer (docs/method.md §3).
+
+        Dense implementations get the additive mask in the compute dtype, not the boolean one: SDPA turns a boolean
+        mask into that form inside every call, and in training keeps one converted copy per layer for the backward."""
+        if torch.is_tensor(mask):  # a ready boolean mask (the next-token baseline builds its own)
+            return to_additive_mask(mask, hidden_BNC.dtype)
+        if self.config._attn_implementation != "flex_attention":
+            return mask.dense(hidden_BNC.dtype)
+        if hidden_BNC.requires_grad and hidden_BNC.device.type == "cpu":
+            raise ValueError(
+                "attn_implementation='flex_attention' cannot train on CPU: torch's flex attention has no backward pass "
+                "there. Use attn_implementation='sdpa' (`model.set_attn_implementation('sdpa')`) to train on CPU, run "
+                "this pass under `torch.no_grad()`, or train on a GPU."
+            )
+        return self.block_mask_cache.get(mask) if reusable else mask.block_mask()
