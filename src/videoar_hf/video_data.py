@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from datasets.distributed import split_dataset_by_node
 from diffusers.utils import logging
 
 from .media import frames_to_clip, probe_video, read_image_frame, read_video_frames
@@ -429,7 +430,7 @@ def load_video_dataset(
     )
     if streaming:
         if num_processes > 1:
-            rows = datasets.distributed.split_dataset_by_node(rows, rank=process_index, world_size=num_processes)
+            rows = split_dataset_by_node(rows, rank=process_index, world_size=num_processes)
         if media == "auto":
             media = "all" if num_frames == 1 or media_column == "image" else "videos"
         return IterableVideoClipDataset(rows, reader, source, seed, media, process_index)
