@@ -1,5 +1,6 @@
 """The benchmark suite: forward passes, speed against a next-token AR decode, growth with the video's length, the
-tokenizer's throughput, the share of the machine's matmul peak, and the levers (attention kernel, dtype, compile).
+tokenizer's throughput, the share of the machine's matmul peak, the levers (attention kernel, dtype, compile), and
+the training loader's clips per second (`loader.py`).
 
     python benchmarks/run.py [--output-dir benchmarks/results] [--runs 3]
 
@@ -21,6 +22,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from loader import loader_section  # noqa: E402
 from memory_modes import memory_modes_section, peak_rss_mb  # noqa: E402
 from next_token_baseline import next_token_generate  # noqa: E402
 
@@ -55,6 +57,8 @@ TARGETS = {
     "growth_memory": 1.2,  # peak memory, 129 frames over 17, with the window (at most)
     "shipped_seconds": 2.0,  # one 17x64x64 video (at most)
     "int8_weights": 2.0,  # transformer weights, fp32 over int8 weight-only (at least)
+    "loader_1080p": 1.5,  # training clips/s from 1080p, reduced-size decode over full-size (at least)
+    "loader_psnr": 35.0,  # dB between the two paths' clips (at least)
 }
 
 
@@ -381,6 +385,12 @@ def verdicts(results: dict) -> list[tuple[str, str, str, bool]]:
         offloads = [mode for mode in memory if "offload" in mode]
         add("offload modes with frames identical to plain", sum(memory[m]["identical_to_plain"] for m in offloads),
             len(offloads), True, unit="")  # fmt: skip
+    if "loader" in results:
+        loader = results["loader"]
+        add("loader: clips/s from 1080p, reduced-size / full-size decode", loader["1080p"]["ratio"],
+            TARGETS["loader_1080p"], True)  # fmt: skip
+        add("loader: PSNR between the two paths (min)", min(r["psnr_db_min"] for r in loader.values()),
+            TARGETS["loader_psnr"], True, unit=" dB")  # fmt: skip
     return lines
 
 
@@ -407,6 +417,10 @@ def markdown(results: dict) -> str:
           "video / frames identical to plain): " + "; ".join(
             f"{k} {v['transformer_weights_mb']:.0f} / {v['peak_mb']:.0f} / {v['seconds_per_video']:.2f} / "
             f"{'yes' if v['identical_to_plain'] else 'no'}" for k, v in results["memory"].items())]),  # fmt: skip
+        *([] if "loader" not in results else ["Loader (clips/s, full-size / reduced-size decode, 17 frames at 8 fps "
+          "to 128x128, one torch thread): " + "; ".join(
+            f"{k} {v['full_size_clips_per_s']:.2f} / {v['reduced_size_clips_per_s']:.2f}"
+            for k, v in results["loader"].items())]),  # fmt: skip
         f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
     ]
     return "\n".join(rows + [""] + [f"- {line}" for line in detail]) + "\n"
@@ -452,6 +466,7 @@ def main(argv=None) -> dict:
         ("peak", lambda: peak_section(args.runs)),
         ("levers", lambda: levers_section(args.runs)),
         ("memory", lambda: memory_modes_section(random_pipeline(SHIPPED_TOKENIZER, SIZES["mid"]), args.runs)),
+        ("loader", loader_section),
     ):
         start = time.perf_counter()
         results[name] = section()

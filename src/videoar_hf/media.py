@@ -77,7 +77,10 @@ def read_video_frames(
             return []
         display = _Display(picked[0], stream, size)
         converted = {}  # a frame shown at several targets (fps above the source's) is converted once
-        return [converted.setdefault(id(frame), display.to_rgb(frame)) for frame in picked]
+        for frame in picked:
+            if id(frame) not in converted:
+                converted[id(frame)] = display.to_rgb(frame)
+        return [converted[id(frame)] for frame in picked]
 
 
 def read_image_frame(media: str | io.BytesIO) -> np.ndarray:
