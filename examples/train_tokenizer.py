@@ -119,13 +119,17 @@ def psnr(video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def save_reconstructions(tokenizer, batch: dict, folder: Path) -> None:
-    """Side by side: input | reconstruction, one mp4 per clip."""
-    folder.mkdir(parents=True, exist_ok=True)
+@torch.no_grad()
+def reconstruction_pairs(tokenizer, batch: dict) -> torch.Tensor:
+    """Side by side, input | reconstruction: `(B, 3, T, H, 2W)` in [0, 1]."""
     video = batch["video"][:4].to(tokenizer.device, tokenizer.dtype)
     reconstruction = tokenizer(video, return_dict=False)[0].clamp(-1, 1)
-    pairs = torch.cat([video, reconstruction], dim=-1).float().add(1).div(2)  # (B, 3, T, H, 2W) in [0, 1]
-    for i, clip in enumerate(pairs):
+    return torch.cat([video, reconstruction], dim=-1).float().add(1).div(2)
+
+
+def save_videos(videos: torch.Tensor, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(videos):
         export_to_video(list(clip.permute(1, 2, 3, 0).cpu().numpy().astype(np.float32)), str(folder / f"{i:02d}.mp4"), fps=8)
 
 
@@ -163,8 +167,9 @@ class TokenizerTrainer(Trainer):
         return {f"lecam.{k}": v for k, v in self.loss_fn.lecam.state_dict().items()}
 
     def write_samples(self, folder, stage, batch):
+        pairs = reconstruction_pairs(self.unwrapped, batch)  # every process: a sharded model needs them all
         if self.accelerator.is_main_process:
-            save_reconstructions(self.unwrapped, batch, folder)
+            save_videos(pairs, folder)
 
     def save_model(self, state_dict):
         model = VideoARTokenizer.from_config(self.unwrapped.config)

@@ -143,3 +143,18 @@ def test_resolve_rejects_a_folder_that_is_not_a_checkpoint(tmp_path):
     assert checkpoints.resolve("latest") is None
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         checkpoints.resolve(str(tmp_path / "nope"))
+
+
+def test_each_sample_draws_its_own_numbers_whichever_process_holds_it():
+    from videoar_hf.sampling import uniform_noise
+    from videoar_hf.training import sample_generators
+
+    def draws(generators):
+        return uniform_noise((len(generators), 5), generators, "cpu")
+
+    whole = draws(sample_generators(0, step=3, micro_batch=0, first_position=0, count=4))
+    rank_0, rank_1 = draws(sample_generators(0, 3, 0, 0, 2)), draws(sample_generators(0, 3, 0, 2, 2))
+    assert torch.equal(whole, torch.cat([rank_0, rank_1])), "one process with the global batch draws the same"
+    assert not torch.equal(rank_0, rank_1), "the processes draw differently"
+    assert not torch.equal(draws(sample_generators(0, 4, 0, 0, 2)), rank_0), "every step draws anew"
+    assert not torch.equal(draws(sample_generators(0, 3, 1, 0, 2)), rank_0), "and every micro-batch"

@@ -8,6 +8,7 @@ Shapes: videos are `(B, C, T, H, W)` in [-1, 1], latents `(B, d, T', h, w)`.
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
@@ -66,14 +67,25 @@ def bit_entropy_penalty(
     The first term is the mean entropy of a token's code (low: confident bits). The second is the entropy of the
     batch's average code distribution (high: balanced usage), factorized over bits as in BSQ: an upper bound on the
     joint entropy, equal to it when the bits are independent across the batch. The penalty lies in
-    `[-gamma * d * ln 2, d * ln 2]`.
+    `[-gamma * d * ln 2, d * ln 2]`. Under data parallelism "the batch" is the global one: the average code is
+    averaged over the processes too, so N processes train as one does.
     """
     d = latents_BdTHW.shape[1]
     # in fp32: in bf16 the clamp below would round back to 0 or 1
     p_BdTHW = torch.sigmoid(4 * inv_temperature / math.sqrt(d) * latents_BdTHW.float())
     token_entropy = _binary_entropy(p_BdTHW).sum(dim=1).mean()
-    usage_entropy = _binary_entropy(p_BdTHW.mean(dim=(0, 2, 3, 4))).sum()
+    usage_entropy = _binary_entropy(mean_over_processes(p_BdTHW.mean(dim=(0, 2, 3, 4)))).sum()
     return token_entropy - gamma * usage_entropy
+
+
+def mean_over_processes(x: torch.Tensor) -> torch.Tensor:
+    """The mean of `x` over the processes of a data-parallel run, differentiable (every process's gradient reaches
+    every other's share); `x` itself outside one. Processes must hold batches of one size."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x) / dist.get_world_size()
 
 
 class PerceptualLoss(nn.Module):

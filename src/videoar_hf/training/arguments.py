@@ -1,6 +1,7 @@
 """What the training scripts share on the command line: the flags, their checks, the `Accelerator` and how a script
 runs (one line and exit status 2 for bad input, never a traceback)."""
 
+import argparse
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     data.add_argument("--streaming", action="store_true", help="Stream the dataset instead of downloading it whole; each process reads its own shard.")
     data.add_argument("--image_dataset", default=None, help="Images for stages with image_ratio > 0, as 1-frame videos (default: --dataset at 1 frame).")
     data.add_argument("--fps", type=float, default=8.0, help="Frame rate clips are sampled at from real videos.")
-    data.add_argument("--clips_per_video", type=int, default=1, help="Clips drawn from each video per epoch, each from its own part of the video (a few long videos hold many clips).")
+    data.add_argument("--clips_per_video", type=clips_per_video, default=1, help="Clips drawn from each video per epoch, each from its own part of the video, or 'auto': as many as the video's length holds (a few long videos hold many clips).")
     data.add_argument("--short_videos", default="skip", choices=["skip", "pad"], help="Videos shorter than a clip: skip them, or pad them with their last frame when at least half the clip exists.")
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="DataLoader worker processes (default: the cores a process can spare, at most 4; 0 for --streaming, whose resume is exact only without workers).")
     add_shapes_arguments(parser)
@@ -83,9 +84,17 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     out.add_argument("--logging_steps", type=int, default=10, help="Log every N optimizer steps.")
 
 
+def clips_per_video(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1 or 'auto', got {value!r}")
+    return int(value)
+
+
 def check_training_args(parser, args) -> None:
     """Reject bad flags before anything is loaded; `parser.error` prints one line and exits with status 2."""
-    for name in ("checkpointing_steps", "gradient_accumulation_steps", "logging_steps", "checkpoints_total_limit", "clips_per_video"):
+    for name in ("checkpointing_steps", "gradient_accumulation_steps", "logging_steps", "checkpoints_total_limit"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.dataloader_num_workers is not None and args.dataloader_num_workers < 0:

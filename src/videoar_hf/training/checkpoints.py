@@ -105,7 +105,7 @@ class CheckpointManager:
                 shutil.rmtree(stale, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(tmp, safe_serialization=True)
-        save_file({name: _local(t).cpu().contiguous() for name, t in (extra or {}).items()}, tmp / f"extra_{rank}.safetensors")
+        save_file({name: local_shard(t).cpu().contiguous() for name, t in (extra or {}).items()}, tmp / f"extra_{rank}.safetensors")
         (tmp / f"data_state_{rank}.json").write_text(json.dumps(data_state or {}))
         self.accelerator.wait_for_everyone()  # every process has written its part before the folder is renamed
         if self.accelerator.is_main_process:
@@ -132,7 +132,7 @@ class CheckpointManager:
             if name not in saved:
                 raise ValueError(f"Checkpoint {str(path)!r} has no `{name}`: was it saved with the same options?")
             with torch.no_grad():
-                _local(tensor).copy_(saved[name])
+                local_shard(tensor).copy_(saved[name])
         self.data_state = json.loads((path / f"data_state_{rank}.json").read_text())
         return state["step"], LossHistory(state["history"])
 
@@ -180,6 +180,6 @@ class CheckpointManager:
 
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     """This process's shard of a tensor that FSDP2 sharded (a DTensor), the tensor itself otherwise."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor.detach()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 @dataclass
 class Stage:
-    """One stage of the curriculum. `image_ratio` is the share of steps that train on images (1-frame videos)."""
+    """One stage of the curriculum. `image_ratio` is the share of steps that train on images (1-frame videos);
+    `image_batch_size` is their global batch, by default as many images as cost what one batch of videos costs
+    (`Trainer.frame_cost`), so image steps are not a fraction of a video step's work (the paper gives no size)."""
 
     name: str
     resolution: int
@@ -19,6 +21,7 @@ class Stage:
     learning_rate: float
     image_ratio: float = 0.0
     warmup_steps: int = 0
+    image_batch_size: int | None = None
 
     def __post_init__(self):
         checks = {
@@ -29,6 +32,7 @@ class Stage:
             "learning_rate": self.learning_rate > 0,
             "image_ratio": 0 <= self.image_ratio <= 1,
             "warmup_steps": 0 <= self.warmup_steps <= self.steps,
+            "image_batch_size": self.image_batch_size is None or self.image_batch_size >= 1,
         }
         for field, ok in checks.items():
             if not ok:
@@ -37,7 +41,7 @@ class Stage:
 
 def load_stages(path: str | Path) -> list[Stage]:
     """Read a stage file (YAML or JSON): `{"stages": [{"name", "resolution", "num_frames", "steps", "batch_size",
-    "learning_rate", "image_ratio"?, "warmup_steps"?}, ...]}`."""
+    "learning_rate", "image_ratio"?, "warmup_steps"?, "image_batch_size"?}, ...]}`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Stage file {str(path)!r} does not exist.")

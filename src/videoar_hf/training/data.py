@@ -33,7 +33,7 @@ class DataOptions:
     split: str = "train"
     streaming: bool = False
     fps: float = 8.0
-    clips_per_video: int = 1
+    clips_per_video: int | str = 1
     short_video: str = "skip"
     num_workers: int | None = None
     shapes: ShapesOptions = field(default_factory=ShapesOptions)
@@ -128,16 +128,16 @@ class StageBatches:
 
     Each optimizer step trains on videos or, with probability `stage.image_ratio` (a fixed seeded draw per step), on
     images: the image source at one frame (docs/method.md §7, stage I). `datasets` maps `True` (images) and
-    `False` (videos) to the datasets to read; `data_state` is where streamed datasets stood at the checkpoint a run
-    resumes from.
+    `False` (videos) to the datasets to read and `batch_sizes` the same keys to global batch sizes: images and
+    videos are batched apart, each at its own size. `data_state` is where streamed datasets stood at the checkpoint
+    a run resumes from.
     """
 
-    def __init__(self, accelerator, stage: Stage, datasets: dict, accumulation: int, start_step: int, seed: int,
-                 num_workers: int = 0, data_state: dict | None = None):  # fmt: skip
+    def __init__(self, accelerator, stage: Stage, datasets: dict, batch_sizes: dict, accumulation: int,
+                 start_step: int, seed: int, num_workers: int = 0, data_state: dict | None = None):  # fmt: skip
         rng = random.Random(seed)
         self.is_image_step = [rng.random() < stage.image_ratio for _ in range(stage.steps)]
         self.accumulation = accumulation
-        self.local_batch_size = stage.batch_size // accelerator.num_processes
         self.datasets = {is_image: d for is_image, d in datasets.items() if is_image in self.is_image_step}
         self.loaders = {}
         for is_image, dataset in self.datasets.items():
@@ -148,10 +148,11 @@ class StageBatches:
                 # sharded by the dataset itself: each process reads its own rows, nothing is broadcast
                 if (state := (data_state or {}).get(str(is_image))) is not None:
                     dataset.load_state_dict(state)
-                loader = torch.utils.data.DataLoader(dataset, batch_size=self.local_batch_size, **options)
+                local_batch_size = batch_sizes[is_image] // accelerator.num_processes
+                loader = torch.utils.data.DataLoader(dataset, batch_size=local_batch_size, **options)
                 self.loaders[is_image] = _to_device(loader, accelerator.device)
             else:
-                sampler = ResumableBatchSampler(len(dataset), stage.batch_size, num_batches, seed + is_image, done)
+                sampler = ResumableBatchSampler(len(dataset), batch_sizes[is_image], num_batches, seed + is_image, done)
                 loader = torch.utils.data.DataLoader(EpochIndexed(dataset), batch_sampler=sampler, **options)
                 self.loaders[is_image] = iter(accelerator.prepare_data_loader(loader))
 

@@ -155,6 +155,10 @@ class TextToVideoTrainer(Trainer):
         self.fresh_transformer = fresh_transformer
         self.save = save
 
+    def frame_cost(self, num_frames: int) -> int:
+        """Latent frames: the transformer's tokens grow with them, not with pixel frames."""
+        return (num_frames - 1) // self.video_tokenizer.config.temporal_compression_ratio + 1
+
     def prepare_dataset(self, dataset, stage_index: int):
         if not self.precompute:
             return dataset

@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
-from .checkpoints import CheckpointManager, LossHistory
+from .checkpoints import CheckpointManager, LossHistory, local_shard
 from .curriculum import Stage, StageSchedule
 from .data import DataOptions, StageBatches, sample_generators
 
@@ -61,13 +61,14 @@ class Trainer:
         self.accelerator = accelerator
         self.config = config
         self.schedule = StageSchedule(config.stages)
-        for stage in config.stages:  # before anything heavy: a batch that does not split is a setup error
-            if stage.batch_size % accelerator.num_processes:
-                raise ValueError(
-                    f"Stage {stage.name!r}: the global batch of {stage.batch_size} does not split across "
-                    f"{accelerator.num_processes} processes; use a multiple of {accelerator.num_processes}."
-                )
         self.model = model
+        for stage in config.stages:  # before anything heavy: a batch that does not split is a setup error
+            for name, size in (("batch_size", stage.batch_size), ("image_batch_size", stage.image_batch_size)):
+                if size is not None and size % accelerator.num_processes:
+                    raise ValueError(
+                        f"Stage {stage.name!r}: the global `{name}` of {size} does not split across "
+                        f"{accelerator.num_processes} processes; use a multiple of {accelerator.num_processes}."
+                    )
         self.optimizer = None
         self.ema = None
 
@@ -89,6 +90,20 @@ class Trainer:
 
     def prepare_dataset(self, dataset, stage_index: int):
         return dataset
+
+    def frame_cost(self, num_frames: int) -> int:
+        """What a clip of `num_frames` costs relative to others (frames for a pixel-space model); sizes image
+        batches (`Stage.image_batch_size`)."""
+        return num_frames
+
+    def batch_sizes(self, stage: Stage) -> dict[bool, int]:
+        """Global batch of video steps (False) and image steps (True): by default an image batch costs what a video
+        batch costs, rounded down to a multiple of the process count."""
+        images = stage.image_batch_size
+        if images is None:
+            processes = self.accelerator.num_processes
+            images = stage.batch_size * self.frame_cost(stage.num_frames) // self.frame_cost(1) // processes * processes
+        return {False: stage.batch_size, True: max(images, self.accelerator.num_processes)}
 
     def write_samples(self, folder: Path, stage: Stage, batch: dict) -> None:
         """Samples at a checkpoint. Runs on every process (sharded models need them all for a forward pass); write
@@ -168,8 +183,8 @@ class Trainer:
             if (is_image and stage.image_ratio > 0) or (not is_image and stage.image_ratio < 1):
                 datasets[is_image] = self.prepare_dataset(self.dataset(source, stage, num_frames, seed), index)
         workers = 0 if data.streaming and data.num_workers is None else data.workers(self.accelerator.num_processes)
-        return StageBatches(self.accelerator, stage, datasets, self.config.gradient_accumulation_steps, start,
-                            seed=self.config.seed + 1000 * index, num_workers=workers, data_state=data_state)  # fmt: skip
+        return StageBatches(self.accelerator, stage, datasets, self.batch_sizes(stage), self.config.gradient_accumulation_steps,
+                            start, seed=self.config.seed + 1000 * index, num_workers=workers, data_state=data_state)  # fmt: skip
 
     def _micro_step(self, batch: dict, step: int, micro: int) -> dict[str, torch.Tensor]:
         accelerator = self.accelerator
@@ -239,11 +254,12 @@ class Trainer:
         """Samples with the EMA weights when there is an EMA; every process takes part."""
         self.unwrapped.eval()
         if self.ema:
-            self.ema.store(self.trainable)
-            self.ema.copy_to(self.trainable)
+            trained = [local_shard(p).clone() for p in self.trainable]
+            copy_into(self.trainable, self.ema.shadow_params)
         self.write_samples(folder, stage, batch)
+        reshard(self.model)
         if self.ema:
-            self.ema.restore(self.trainable)
+            copy_into(self.trainable, trained)
         self.unwrapped.train()
         self.accelerator.wait_for_everyone()
 
@@ -252,7 +268,7 @@ class Trainer:
         accelerator, output_dir = self.accelerator, self.config.output_dir
         accelerator.wait_for_everyone()
         if self.ema:
-            self.ema.copy_to(self.trainable)
+            copy_into(self.trainable, self.ema.shadow_params)
         state_dict = accelerator.get_state_dict(self.model)  # a collective under FSDP: every process calls it
         if accelerator.is_main_process:
             history.save(output_dir / "history.json")
@@ -260,3 +276,20 @@ class Trainer:
             self.save_model(state_dict)
         accelerator.wait_for_everyone()
         accelerator.end_training()
+
+
+@torch.no_grad()
+def copy_into(parameters: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Copy values into parameters shard by shard (diffusers' `EMAModel.restore` does not reach FSDP2's shards)."""
+    for parameter, value in zip(parameters, values):
+        local_shard(parameter).copy_(local_shard(value))
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Free FSDP2's gathered weights after a forward outside training (the root module keeps them gathered, and the
+    next step would read them instead of the shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
