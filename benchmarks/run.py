@@ -22,6 +22,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from attention import attention_section  # noqa: E402
 from loader import loader_section  # noqa: E402
 from memory_modes import memory_modes_section, peak_rss_mb  # noqa: E402
 from next_token_baseline import next_token_generate  # noqa: E402
@@ -57,6 +58,8 @@ TARGETS = {
     "growth_memory": 1.2,  # peak memory, 129 frames over 17, with the window (at most)
     "shipped_seconds": 2.0,  # one 17x64x64 video (at most)
     "int8_weights": 2.0,  # transformer weights, fp32 over int8 weight-only (at least)
+    "mask_build_peak": 1.2,  # dense block-causal mask at 20k tokens: peak of building it over its size (at most)
+    "block_mask_bytes": 1000.0,  # 20k tokens: dense fp32 mask bytes over the BlockMask's (at least)
     "loader_1080p": 1.5,  # training clips/s from 1080p, reduced-size decode over full-size (at least)
     "loader_psnr": 35.0,  # dB between the two paths' clips (at least)
 }
@@ -391,7 +394,24 @@ def verdicts(results: dict) -> list[tuple[str, str, str, bool]]:
             TARGETS["loader_1080p"], True)  # fmt: skip
         add("loader: PSNR between the two paths (min)", min(r["psnr_db_min"] for r in loader.values()),
             TARGETS["loader_psnr"], True, unit=" dB")  # fmt: skip
+    if "attention" in results and "20k" in results["attention"]["mask"]:
+        mask = results["attention"]["mask"]["20k"]
+        add("dense mask, 20k tokens: peak of building / its size", mask["dense_fp32"]["peak_mb"] /
+            mask["dense_fp32"]["mask_mb"], TARGETS["mask_build_peak"], False)  # fmt: skip
+        add("20k tokens: dense fp32 mask / BlockMask bytes", mask["dense_fp32"]["mask_mb"] / mask["block_mask"]["mask_mb"],
+            TARGETS["block_mask_bytes"], True)  # fmt: skip
     return lines
+
+
+def attention_line(attention: dict) -> str:
+    speed = ", ".join(f"{r['tokens']:,} tokens {r['flex_over_sdpa_forward_speed']:.2f}x" for r in attention["layer_speed"].values())
+    build = ", ".join(f"{r['tokens']:,} tokens {r['legacy_fp32']['peak_mb']:.0f} -> {r['dense_fp32']['peak_mb']:.0f} MB"
+                      for r in attention["mask"].values())  # fmt: skip
+    fits = attention["videoar_l"]["projection"]["33x384x672"]
+    return (f"Attention (benchmarks/attention.py, one narrow layer): flex / SDPA forward speed {speed}; peak of building "
+            f"the dense fp32 mask, before -> after: {build}; VideoAR-L at 33x384x672 on 80 GB (bf16, Adam): "
+            + ", ".join(f"{k} {v['total_gb']:.0f} GB" for k, v in fits.items() if isinstance(v, dict) and "total_gb" in v)
+            + ".")  # fmt: skip
 
 
 def markdown(results: dict) -> str:
@@ -421,6 +441,7 @@ def markdown(results: dict) -> str:
           "to 128x128, one torch thread): " + "; ".join(
             f"{k} {v['full_size_clips_per_s']:.2f} / {v['reduced_size_clips_per_s']:.2f}"
             for k, v in results["loader"].items())]),  # fmt: skip
+        *([] if "attention" not in results else [attention_line(results["attention"])]),
         f"Machine: {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}.",
     ]
     return "\n".join(rows + [""] + [f"- {line}" for line in detail]) + "\n"
@@ -466,6 +487,7 @@ def main(argv=None) -> dict:
         ("peak", lambda: peak_section(args.runs)),
         ("levers", lambda: levers_section(args.runs)),
         ("memory", lambda: memory_modes_section(random_pipeline(SHIPPED_TOKENIZER, SIZES["mid"]), args.runs)),
+        ("attention", lambda: attention_section(args.runs)),
         ("loader", loader_section),
     ):
         start = time.perf_counter()

@@ -15,7 +15,7 @@ import torch
 
 TEXT_BLOCK = -1  # block and frame index of text tokens
 FLEX_BLOCK_SIZE = 128  # flex attention's default sparse block (torch's _DEFAULT_SPARSE_BLOCK_SIZE)
-_CHUNK_ELEMENTS = 1 << 24  # dense masks are built this many elements at a time: bounded intermediates
+_CHUNK_ELEMENTS = 1 << 22  # dense masks are built this many elements at a time: bounded intermediates
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,16 +69,21 @@ class BlockCausalRule:
     def dense(self, dtype: torch.dtype = torch.bool) -> torch.Tensor:
         """The `(B, 1, N, M)` mask: boolean, or additive in `dtype` (0 where visible, the dtype's minimum elsewhere:
         what eager and SDPA attention take). Written a chunk of rows at a time into the result, so building it costs
-        its own size plus a few chunks, not several full-size intermediates."""
+        its own size plus a few chunks, not several full-size intermediates. The last dimension is a view of rows
+        padded to a multiple of 16 elements."""
         B, N, M = self.shape
-        out = torch.empty((B, 1, N, M), dtype=dtype, device=self.key_valid_BM.device)
+        # rows start on a multiple of 16 elements: SDPA's memory-efficient kernel copies a bias whose strides are not
+        # aligned, in every call, and in training keeps each layer's copy for the backward
+        aligned = -(-M // 16) * 16
+        out = torch.empty((B, 1, N, aligned), dtype=dtype, device=self.key_valid_BM.device)[..., :M]
+        if dtype != torch.bool:
+            zero, low = out.new_zeros(()), out.new_full((), torch.finfo(dtype).min)
         for start, stop in self._row_chunks():
             visible = self.rows(start, stop)
             if dtype == torch.bool:
                 out[:, :, start:stop] = visible
             else:
-                out[:, :, start:stop] = 0
-                out[:, :, start:stop].masked_fill_(~visible, torch.finfo(dtype).min)
+                torch.where(visible, zero, low, out=out[:, :, start:stop])
         return out
 
     def block_mask(self, block_size: int = FLEX_BLOCK_SIZE):
@@ -96,9 +101,9 @@ class BlockCausalRule:
             visible = self.rows(start, stop)
             rows = -(-(stop - start) // block_size) * block_size
             visible = torch.nn.functional.pad(visible, (0, kv_tiles * block_size - M, 0, rows - (stop - start)))
-            count = visible.view(B, 1, rows // block_size, block_size, kv_tiles, block_size).sum(dim=(3, 5))
-            full.append(count == block_size * block_size)
-            partial.append((count > 0) & ~full[-1])
+            tiles = visible.view(B, 1, rows // block_size, block_size, kv_tiles, block_size)
+            full.append(tiles.all(dim=5).all(dim=3))  # any/all: a sum would widen the chunk to int64
+            partial.append(tiles.any(dim=5).any(dim=3) & ~full[-1])
         return BlockMask.from_kv_blocks(
             *_ordered(torch.cat(partial, dim=2)), *_ordered(torch.cat(full, dim=2)), BLOCK_SIZE=block_size,
             mask_mod=self._for_kernel(), seq_lengths=(N, M),

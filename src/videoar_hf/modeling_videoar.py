@@ -187,8 +187,9 @@ class VideoARTransformer(VideoARPreTrainedModel):
     33x384x672. `"flex_attention"` takes a `BlockMask` of the same rule (kilobytes, and tiles no token can see are
     skipped); it is built once per token layout and kept (`block_mask_cache`), except under a Random Frame Mask,
     whose table is new every step. torch's flex attention has no backward pass on CPU: a pass that needs gradients
-    there raises; train on CPU with `"sdpa"`. On CPU, flex compiles once per shape bucket (several seconds each) and
-    is slower than SDPA at sampling (benchmarks/attention.py), so it is for GPUs; SDPA stays the default.
+    there raises; train on CPU with `"sdpa"`. On CPU flex also compiles its kernel for each new shape (seconds), and a
+    cached sampling step, whose queries see every cached key, has no tile to skip: it samples no faster than SDPA
+    (benchmarks/attention.py), so SDPA stays the default.
     """
 
     def __init__(self, config: VideoARConfig):
