@@ -3,7 +3,8 @@
 Rows come from `datasets` with the media column cast to `decode=False` (datasets' `Video` decoding needs
 torchcodec); videos are decoded with PyAV and images with PIL, both through `media.py` (upright, square pixels,
 the same reader as `videoar generate`). Items are `{"video": float32 (3, T, H, W) in [-1, 1], "text": str,
-"source": str}` (`source`: the file, or `dataset[row]`, for error messages); batch them with `collate_clips`.
+"source": str, "data_events": list}` (`source`: the file, or `dataset[row]`, for error messages;
+`data_events`: the bad rows met while reading it, see `DataStats.drain`); batch them with `collate_clips`.
 
 Clips: a file gives `clips_per_video` clips (an int, or "auto": as many as its duration holds), each its own
 window: clip j of k starts at a seeded random time in the j-th of k equal parts of the possible starts, so the
@@ -21,7 +22,8 @@ stopped, mid-file included.
 
 Bad rows never stop a run: an unreadable file or a too-short video is skipped, a missing caption becomes the
 empty prompt, and each case is logged once per file and counted in `dataset.stats`. Counts live in the process
-that reads the rows: exact with `num_workers=0`; with workers each worker logs and counts its own share.
+that reads the rows (with workers, each worker logs and counts its own share); the items carry them out as
+`data_events`, which the training loop sums.
 """
 
 import copy
@@ -68,15 +70,27 @@ class DataStats:
 
     def __init__(self):
         self._rows = {kind: set() for kind in self.KINDS}
+        self._new: list[tuple[str, str]] = []
 
     def record(self, kind: str, row_name: str, message: str) -> None:
         if row_name in self._rows[kind]:
             return
         self._rows[kind].add(row_name)
+        self._new.append((kind, row_name))
         (logger.warning if kind in self.SKIPPED else logger.info)(message)
+
+    def drain(self) -> list[tuple[str, str]]:
+        """The `(kind, row)` records since the last call: items carry them as `data_events`, so a training loop
+        counts what its DataLoader workers met (each worker holds its own `DataStats`)."""
+        new, self._new = self._new, []
+        return new
 
     def as_dict(self) -> dict[str, int]:
         return {kind: len(rows) for kind, rows in self._rows.items()}
+
+    def rows(self) -> dict[str, set[str]]:
+        """The rows recorded in this process, by kind."""
+        return {kind: set(rows) for kind, rows in self._rows.items()}
 
 
 def collate_clips(items: list[dict]) -> dict:
@@ -265,7 +279,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
             media = self.reader.fetch(row_data, f"{self.source}[{row_index}]")
             item = media and self.reader.read(row_data, media, rng, clip % clips, clips)
             if item is not None:
-                return item
+                return {**item, "data_events": self.stats.drain()}
             self._skipped_rows.add(row_index)
         raise RuntimeError(f"No readable clip in {self.source}: every row was skipped ({self.stats.as_dict()}).")
 
@@ -346,7 +360,7 @@ class IterableVideoClipDataset(torch.utils.data.IterableDataset):
                 item = self.reader.read(row, media, rng, clip, clips)
                 self._state = {"rows": rows_state, "position": position, "clips_done": clip + 1}
                 if item is not None:
-                    yield item
+                    yield {**item, "data_events": self.stats.drain()}
             rows_state, position, done = state_after_row, position + 1, 0
             self._state = {"rows": rows_state, "position": position, "clips_done": 0}
 

@@ -61,8 +61,17 @@ class DataOptions:
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack tensor fields, list the rest (captions, metadata)."""
-    return {k: torch.stack([i[k] for i in items]) if torch.is_tensor(items[0][k]) else [i[k] for i in items] for k in items[0]}
+    """Stack tensor fields, list the rest (captions, metadata); items that do not stack are named by their files."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if torch.is_tensor(values[0]):
+            if len({v.shape for v in values}) > 1:
+                found = ", ".join(f"{item.get('source', '?')} {tuple(item[key].shape)}" for item in items)
+                raise ValueError(f"Cannot batch `{key}` of different shapes: {found}.")
+            values = torch.stack(values)
+        batch[key] = values
+    return batch
 
 
 def sample_generators(seed: int, step: int, micro_batch: int, first_position: int, count: int) -> list[torch.Generator]:
@@ -138,6 +147,7 @@ class StageBatches:
         rng = random.Random(seed)
         self.is_image_step = [rng.random() < stage.image_ratio for _ in range(stage.steps)]
         self.accumulation = accumulation
+        self.events: dict[str, set[str]] = {}
         self.datasets = {is_image: d for is_image, d in datasets.items() if is_image in self.is_image_step}
         self.loaders = {}
         for is_image, dataset in self.datasets.items():
@@ -161,17 +171,22 @@ class StageBatches:
         return {str(k): d.state_dict() for k, d in self.datasets.items() if isinstance(d, torch.utils.data.IterableDataset)}
 
     def data_stats(self) -> dict[str, int]:
-        """Bad items met so far (corrupt, too short, padded, missing caption), summed over this stage's datasets."""
-        totals: dict[str, int] = {}
+        """Bad rows met so far on this process (corrupt, too short, padded, missing caption), by kind: those the
+        datasets met here, and the `data_events` items carry out of DataLoader workers."""
+        rows = {kind: set(found) for kind, found in self.events.items()}
         for dataset in self.datasets.values():
-            for kind, count in (dataset.stats.as_dict() if hasattr(dataset, "stats") else {}).items():
-                totals[kind] = totals.get(kind, 0) + count
-        return totals
+            for kind, found in (dataset.stats.rows() if hasattr(dataset, "stats") else {}).items():
+                rows.setdefault(kind, set()).update(found)
+        return {kind: len(found) for kind, found in rows.items()}
 
     def micro_batches(self, local_step: int) -> list[dict]:
         """The `accumulation` micro-batches of one optimizer step."""
         loader = self.loaders[self.is_image_step[local_step]]
-        return [next(loader) for _ in range(self.accumulation)]
+        batches = [next(loader) for _ in range(self.accumulation)]
+        for batch in batches:
+            for kind, row in (event for events in batch.pop("data_events", []) for event in events):
+                self.events.setdefault(kind, set()).add(row)
+        return batches
 
 
 def _to_device(loader, device):
