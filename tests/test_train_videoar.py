@@ -4,7 +4,6 @@ processes: `test_multi_process_training.py`)."""
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
