@@ -80,7 +80,7 @@ def script_args(script: str, components: Path, output_dir: Path, *extra) -> list
                  "--learning_rate", "3e-3", "--text_dropout", "0.5", "--validation_prompts", "a red circle moving left"]  # fmt: skip
     elif script == "train_lora":
         model = ["--pretrained_model", str(components / "pipeline"), "--learning_rate", "1e-2", "--rank", "4",
-                 "--text_dropout", "0.5", "--validation_prompts", "a red circle moving left"]  # fmt: skip
+                 "--text_dropout", "0.5", "--validation_prompts", "a red circle moving left", "--precompute"]  # fmt: skip
     else:
         model = ["--tokenizer_config", json.dumps(tiny_tokenizer_config()), "--learning_rate", "1e-3", "--colour_mix_prob", "0.5"]
     return common(output_dir, *model, *extra)
@@ -132,6 +132,8 @@ def test_two_processes_match_one_and_resume_exactly(components, one_process_runs
     assert all(torch.equal(resumed[k], full[k]) for k in full)
     assert losses(tmp_path / "resumed") == losses(run)
 
+    if script == "train_lora":  # --precompute: each process encoded its share of the clips
+        assert len(list((run / "latent_cache").rglob("*.safetensors"))) == 32
     if script == "train_videoar":
         assert (run / "samples" / "checkpoint-4" / "00.mp4").stat().st_size > 0
         pipe = VideoARPipeline.from_pretrained(run / "pipeline")

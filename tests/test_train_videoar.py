@@ -227,3 +227,33 @@ def test_bf16_gradient_accumulation_checkpointing_and_tensorboard(components, tm
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
     assert list((tmp_path / "logs").rglob("events.out.tfevents.*")), "tensorboard wrote its event file"
+
+
+def test_a_text_encoder_folder_without_its_tokenizer_is_refused_and_text_tokenizer_finds_it(components, tmp_path):
+    pipeline = tmp_path / "pipeline"
+    tiny_pipeline().save_pretrained(pipeline)  # text_encoder/ holds the model only; the tokenizer is in tokenizer/
+    script = load_script()
+    common = ["--text_encoder", str(pipeline / "text_encoder"), "--max_train_steps", "1", "--validation_prompts"]
+    args = script.parse_args(base_args(components, tmp_path / "run", *common))
+    with pytest.raises(ValueError, match="unknown tokens only.*--text_tokenizer"):
+        script.main(args)
+    assert not (tmp_path / "run" / "pipeline").exists()
+    args = script.parse_args(base_args(components, tmp_path / "run", *common, "--text_tokenizer", str(pipeline / "tokenizer")))
+    pipeline_dir = script.main(args)
+    assert len(VideoARPipeline.from_pretrained(pipeline_dir).tokenizer) == len(tiny_pipeline().tokenizer)
+
+
+def test_precompute_caches_latents_on_disk_and_a_rerun_reuses_them(components, tmp_path, monkeypatch):
+    from videoar_hf import VideoARTokenizer
+
+    script = load_script()
+    args = base_args(components, tmp_path, "--max_train_steps", "2", "--precompute", "--validation_prompts")
+    script.main(script.parse_args(args))
+    cached = sorted((tmp_path / "latent_cache").rglob("*.safetensors"))
+    assert len(cached) == 32, "one file per clip"
+    encoded = []
+    original = VideoARTokenizer.encode
+    monkeypatch.setattr(VideoARTokenizer, "encode", lambda self, *a, **k: encoded.append(1) or original(self, *a, **k))
+    script.main(script.parse_args(args))
+    assert not encoded, "the second run trained from the cache"
+    assert sorted((tmp_path / "latent_cache").rglob("*.safetensors")) == cached
