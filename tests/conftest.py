@@ -29,3 +29,18 @@ def fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def components(tmp_path_factory):
+    """What the training scripts take, saved as a user would: a tiny tokenizer (32 px -> 4x4 latents, scales 1, 2,
+    4), a tiny text encoder with its tokenizer, and the whole tiny pipeline."""
+    from videoar_hf.testing_utils import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("components")
+    pipe = tiny_pipeline()
+    pipe.video_tokenizer.save_pretrained(folder / "tokenizer")
+    pipe.text_encoder.save_pretrained(folder / "text_encoder")
+    pipe.tokenizer.save_pretrained(folder / "text_encoder")
+    pipe.save_pretrained(folder / "pipeline")
+    return folder

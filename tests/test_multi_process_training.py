@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from videoar_hf import VideoARPipeline
-from videoar_hf.testing_utils import tiny_pipeline, tiny_tokenizer_config
+from videoar_hf.testing_utils import tiny_tokenizer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -54,17 +54,6 @@ def launch(script: str, args: list[str], mode: str, check: bool = True) -> subpr
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
-
-
-@pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("components")
-    pipe = tiny_pipeline()
-    pipe.video_tokenizer.save_pretrained(folder / "tokenizer")
-    pipe.text_encoder.save_pretrained(folder / "text_encoder")
-    pipe.tokenizer.save_pretrained(folder / "text_encoder")
-    pipe.save_pretrained(folder / "pipeline")
-    return folder
 
 
 def common(output_dir: Path, *extra) -> list[str]:

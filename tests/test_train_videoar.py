@@ -30,17 +30,6 @@ def load_script():
     return module
 
 
-@pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    """A tiny tokenizer (32 px -> 4x4 latents, scales 1, 2, 4) and a tiny text encoder, saved as a user would."""
-    folder = tmp_path_factory.mktemp("components")
-    pipe = tiny_pipeline()
-    pipe.video_tokenizer.save_pretrained(folder / "tokenizer")
-    pipe.text_encoder.save_pretrained(folder / "text_encoder")
-    pipe.tokenizer.save_pretrained(folder / "text_encoder")
-    return folder
-
-
 def base_args(components, output_dir, *extra):
     return [
         "--tokenizer", str(components / "tokenizer"), "--text_encoder", str(components / "text_encoder"),
