@@ -5,7 +5,7 @@ VideoAR-L trains on one 80 GB GPU.
 
 - **Mask memory.** The dense mask's bytes and the peak of building it, before this change (the builder is copied
   below as `legacy_additive_mask`) and after, against the BlockMask's bytes; each build in its own process (resident
-  memory, sampled every millisecond).
+  memory, sampled every millisecond). And what SDPA keeps for the backward given a boolean or an additive mask.
 - **One layer.** Forward and training (forward + backward) time of one decoder layer, SDPA with the dense mask
   against flex attention (compiled; forward only: torch has no flex backward on CPU), at sequence lengths of about
   2k, 8k and 20k tokens laid out as 384x672 video (24x42 latents, 1, 3 and 8 latent frames). To stay affordable on a
@@ -155,6 +155,28 @@ def _tiles_computed(block_mask) -> float:
 def _visible_fraction(rule: BlockCausalRule) -> float:
     B, N, M = rule.shape
     return sum(rule.rows(s, min(N, s + 1024)).sum().item() for s in range(0, N, 1024)) / (B * N * M)
+
+
+def _sdpa_retained(mask_form: str, num_frames: int = 3, layers: int = 4) -> dict:
+    """Resident memory `layers` SDPA calls keep for their backward (small heads), sharing one mask, boolean or
+    additive fp32: the outputs and the mask's copies, if any."""
+    import psutil
+
+    rule = layout_rule(num_frames)
+    B, N, _ = rule.shape
+    mask = rule.dense(torch.bool if mask_form == "bool" else torch.float32)
+    k, v = torch.randn(B, 2, N, 32), torch.randn(B, 2, N, 32)
+    queries = [torch.randn(B, 2, N, 32, requires_grad=True) for _ in range(layers)]
+    before = psutil.Process().memory_info().rss
+    outputs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask) for q in queries]
+    retained = psutil.Process().memory_info().rss - before
+    return dict(mask_mb=mask.untyped_storage().nbytes() / 2**20, retained_mb=retained / 2**20,
+                outputs_mb=sum(o.numel() * o.element_size() for o in outputs) / 2**20)  # fmt: skip
+
+
+def sdpa_mask_form_section() -> dict:
+    """Why the dense path hands SDPA an additive mask and not the 4x smaller boolean one."""
+    return {form: in_process(_sdpa_retained, form) for form in ("bool", "additive_fp32")}
 
 
 # ---------------------------------------------------------------- one layer
@@ -356,8 +378,11 @@ def videoar_l_section() -> dict:
         projection[name] = {"tokens": N, "mask_gb": {k: v / 1e9 for k, v in mask.items()}}
         for act_name, act in activations.items():
             for mask_name, mask_bytes in mask.items():
-                total = static + act + mask_bytes
-                projection[name][f"{act_name}+{mask_name}"] = dict(total_gb=total / 1e9, fits_80gb=total <= GPU_BYTES)
+                per_sample = act + mask_bytes  # activations and the (B, 1, N, N) mask both grow with the batch
+                projection[name][f"{act_name}+{mask_name}"] = dict(
+                    total_gb=(static + per_sample) / 1e9, fits_80gb=static + per_sample <= GPU_BYTES,
+                    max_batch_80gb=int((GPU_BYTES - static) // per_sample),
+                )  # fmt: skip
     return dict(
         params_m=params / 1e6, static_gb=static / 1e9, bytes_per_token_per_layer=per_token,
         hidden_size=config.hidden_size, projection=projection,
@@ -370,6 +395,7 @@ def videoar_l_section() -> dict:
 def attention_section(runs: int = 3, lengths=tuple(LENGTHS)) -> dict:
     return dict(
         mask=mask_section(lengths),
+        sdpa_mask_form=sdpa_mask_form_section(),
         layer_speed=layer_speed_section(lengths, runs),
         layer_memory=layer_memory_section(lengths),
         sampling=sampling_section(runs),
@@ -393,8 +419,12 @@ def markdown(results: dict) -> str:
         )
     sampling, l_preset = results["sampling"], results["videoar_l"]
     step, video = sampling["cached_step_20k"], sampling["video_17x64x64"]
+    form = results["sdpa_mask_form"]
     lines += [
         "",
+        f"- 4 SDPA calls with grad sharing one mask keep {form['bool']['retained_mb']:.0f} MB with the boolean mask "
+        f"({form['bool']['mask_mb']:.0f} MB) and {form['additive_fp32']['retained_mb']:.0f} MB with the additive fp32 "
+        f"one ({form['additive_fp32']['mask_mb']:.0f} MB); their outputs are {form['bool']['outputs_mb']:.0f} MB.",
         f"- Cached sampling step, {step['queries']} queries against {step['keys']:,} keys: SDPA {step['sdpa_s']:.3f} s, "
         f"flex {step['flex_attention_s']:.3f} s ({step['flex_over_sdpa_speed']:.2f}x).",
         f"- Cached sampling of a 17x64x64 video (shipped size, 20 steps): SDPA {video['sdpa']['warm_video_s']:.2f} s; "
@@ -408,10 +438,10 @@ def markdown(results: dict) -> str:
     ]  # fmt: skip
     for name, row in l_preset["projection"].items():
         cells = ", ".join(
-            f"{k} {v['total_gb']:.0f} GB ({'fits' if v['fits_80gb'] else 'does not fit'})"
+            f"{k} {v['total_gb']:.0f} GB ({'fits' if v['fits_80gb'] else 'does not fit'}; batch <= {v['max_batch_80gb']})"
             for k, v in row.items() if isinstance(v, dict) and "total_gb" in v
         )  # fmt: skip
-        lines.append(f"- VideoAR-L at {name} ({row['tokens']:,} tokens, batch 1) on 80 GB: {cells}.")
+        lines.append(f"- VideoAR-L at {name} ({row['tokens']:,} tokens) on 80 GB, batch 1: {cells}.")
     return "\n".join(lines) + "\n"
 
 

@@ -119,12 +119,14 @@ def sdpa_backends(device) -> dict:
             accepted[backend.name] = True
         except RuntimeError as error:
             accepted[backend.name] = f"no: {str(error).splitlines()[0][:120]}"
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * (device.type == "cuda")
+    with torch.profiler.profile(activities=activities) as profile:
         sdpa(q, k, v, attn_mask=mask).sum().backward()
         torch.cuda.synchronize()
-    kernels = sorted({e.name[:80] for e in profile.events() if any(
-        word in e.name.lower() for word in ("fmha", "flash", "efficient", "cudnn", "attention", "softmax"))})  # fmt: skip
-    return dict(accepted=accepted, default_kernels=kernels)
+    # aten's op names say the backend (_scaled_dot_product_{efficient,flash,cudnn}_attention, ..._attention_math)
+    picked = sorted({e.name[:90] for e in profile.events() if any(
+        word in e.name.lower() for word in ("scaled_dot_product", "fmha", "flash", "cudnn", "softmax"))})  # fmt: skip
+    return dict(accepted=accepted, default_ops_and_kernels=picked)
 
 
 def relative_error(a: list, b: list) -> float:
@@ -144,7 +146,7 @@ def cached_sampling(device) -> dict:
         text = torch.randn(2, 6, 32, generator=g).to(device)
         mask = torch.ones(2, 6, dtype=torch.long, device=device)
         mask[1, 4:] = 0
-        inputs = [torch.randn(2, h, h, 8, generator=g).to(device) for h in (1, 2, 4) for _ in range(3)]
+        inputs = [torch.randn(2, h, h, 8, generator=g).to(device) for _ in range(3) for h in (1, 2, 4)]  # frame, scale
         out = []
         start = time.perf_counter()
         with torch.no_grad():

@@ -182,14 +182,14 @@ class VideoARTransformer(VideoARPreTrainedModel):
     A block's input is its next-scale feature map (`ResidualQuantization.scale_inputs`) embedded by a linear layer
     plus a learned scale embedding; frame 0's first block is a learned start token (docs/method.md §3).
 
-    Attention (`attn_implementation`): `"sdpa"` (default) and `"eager"` take the dense block-causal mask, built once per
-    pass in the compute dtype and shared by every layer: `(L + N)^2` elements per sample, 1.5 GiB in fp32 at
-    33x384x672. `"flex_attention"` takes a `BlockMask` of the same rule (kilobytes, and tiles no token can see are
-    skipped); it is built once per token layout and kept (`block_mask_cache`), except under a Random Frame Mask,
-    whose table is new every step. torch's flex attention has no backward pass on CPU: a pass that needs gradients
-    there raises; train on CPU with `"sdpa"`. On CPU flex also compiles its kernel for each new shape (seconds), and a
-    cached sampling step, whose queries see every cached key, has no tile to skip: it samples no faster than SDPA
-    (benchmarks/attention.py), so SDPA stays the default.
+    Attention (`attn_implementation`): `"sdpa"` (default) and `"eager"` take the dense block-causal mask, built once
+    per pass in the compute dtype and shared by every layer: `(L + N)^2` elements per sample, 1 GB in bf16 at
+    33x384x672 (22,718 tokens). `"flex_attention"` takes a `BlockMask` of the same rule: kilobytes, and the tiles no
+    query may see (about half) are skipped. It is built once per token layout and kept (`block_mask_cache`), except
+    under a Random Frame Mask, whose table is new every step. torch's flex attention has no backward pass on CPU: a
+    pass that needs gradients there raises; train on CPU with `"sdpa"`. On CPU flex also compiles its kernel for each
+    new shape (seconds), and a cached sampling step, whose queries see every cached key, has no tile to skip: it
+    samples no faster than SDPA (benchmarks/attention.py), so SDPA stays the default.
     """
 
     def __init__(self, config: VideoARConfig):
