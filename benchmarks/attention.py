@@ -209,7 +209,8 @@ def layer_speed_section(lengths, runs: int) -> dict:
             if implementation == "sdpa":
                 x_BNC, position_embeddings, mask = inputs
                 x_train = x_BNC.clone().requires_grad_()
-                train = lambda layer=layer, x=x_train, e=position_embeddings, m=mask: layer(x, e, m).sum().backward()  # noqa: E731
+                def train(layer=layer, x=x_train, e=position_embeddings, m=mask):
+                    layer(x, e, m).sum().backward()
         with torch.no_grad():
             start = time.perf_counter()
             forwards["flex_attention"]()
@@ -327,7 +328,8 @@ def saved_bytes_per_token(num_tokens: int, checkpointing: bool) -> float:
 
     layer, rope = make_layer("sdpa")
     layer = layer.to(torch.bfloat16)
-    rule = BlockCausalRule(*([torch.zeros(num_tokens, dtype=torch.long)] * 4), torch.ones(1, num_tokens, dtype=torch.bool))
+    zeros = torch.zeros(num_tokens, dtype=torch.long)  # one block: every pair visible (memory does not care)
+    rule = BlockCausalRule(zeros, zeros, zeros, zeros, torch.ones(1, num_tokens, dtype=torch.bool))
     x_BNC, position_embeddings, mask = layer_inputs(layer, rope, rule, "sdpa", torch.bfloat16)
     x_BNC.requires_grad_()
     excluded = {p.untyped_storage().data_ptr() for p in layer.parameters()} | {mask.untyped_storage().data_ptr()}
@@ -425,7 +427,8 @@ def markdown(results: dict) -> str:
         f"- 4 SDPA calls with grad sharing one mask keep {form['bool']['retained_mb']:.0f} MB with the boolean mask "
         f"({form['bool']['mask_mb']:.0f} MB) and {form['additive_fp32']['retained_mb']:.0f} MB with the additive fp32 "
         f"one ({form['additive_fp32']['mask_mb']:.0f} MB); their outputs are {form['bool']['outputs_mb']:.0f} MB.",
-        f"- Cached sampling step, {step['queries']} queries against {step['keys']:,} keys: SDPA {step['sdpa_s']:.3f} s, "
+        f"- Cached sampling step, {step['queries']} queries against {step['keys']:,} keys: "
+        f"SDPA {step['sdpa_s']:.3f} s, "
         f"flex {step['flex_attention_s']:.3f} s ({step['flex_over_sdpa_speed']:.2f}x).",
         f"- Cached sampling of a 17x64x64 video (shipped size, 20 steps): SDPA {video['sdpa']['warm_video_s']:.2f} s; "
         f"flex {video['flex_attention']['warm_video_s']:.2f} s warm, {video['flex_attention']['first_video_s']:.1f} s "
@@ -438,7 +441,8 @@ def markdown(results: dict) -> str:
     ]  # fmt: skip
     for name, row in l_preset["projection"].items():
         cells = ", ".join(
-            f"{k} {v['total_gb']:.0f} GB ({'fits' if v['fits_80gb'] else 'does not fit'}; batch <= {v['max_batch_80gb']})"
+            f"{k} {v['total_gb']:.0f} GB ({'fits' if v['fits_80gb'] else 'does not fit'}; "
+            f"batch <= {v['max_batch_80gb']})"
             for k, v in row.items() if isinstance(v, dict) and "total_gb" in v
         )  # fmt: skip
         lines.append(f"- VideoAR-L at {name} ({row['tokens']:,} tokens) on 80 GB, batch 1: {cells}.")

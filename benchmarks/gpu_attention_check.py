@@ -119,7 +119,9 @@ def sdpa_backends(device) -> dict:
             accepted[backend.name] = True
         except RuntimeError as error:
             accepted[backend.name] = f"no: {str(error).splitlines()[0][:120]}"
-    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * (device.type == "cuda")
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as profile:
         sdpa(q, k, v, attn_mask=mask).sum().backward()
         torch.cuda.synchronize()

@@ -39,9 +39,13 @@ def cached_step_rule(rule: BlockCausalRule, start: int, stop: int) -> BlockCausa
                            rule.key_frames_M[:stop], rule.key_valid_BM[:, :stop], rule.frame_keep_BTT)  # fmt: skip
 
 
+def random_keep() -> torch.Tensor:
+    return torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5
+
+
 RULES = {
     "padded text": lambda: clip_rule(),
-    "frame keep table": lambda: clip_rule(frame_keep=torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0)) > 0.5),
+    "frame keep table": lambda: clip_rule(frame_keep=random_keep()),
     "cached step": lambda: cached_step_rule(clip_rule(), 6 + 3 * 85 + 21, 6 + 4 * 85),  # frame 3, finest scale
 }
 

@@ -112,8 +112,8 @@ class BlockCausalRule:
     def _for_kernel(self) -> "BlockCausalRule":
         """The rule the compiled kernel reads. On CPU its tables are padded to a few bucket sizes and marked static:
         inductor's CPU flex kernel (torch 2.13) fails to compile when a `mask_mod`'s tables change size between calls
-        (`CppCompileError: 'cur_kvSplitSize5' was not declared`), and without padding every new length would be a new
-        compilation. So a new compilation comes only with a new bucket (x4 apart). GPUs take the tables as they are."""
+        (`CppCompileError: 'cur_kvSplitSize5' was not declared`). Static tables of every new length would each be a new
+        compilation; padded to buckets x4 apart, only a new bucket is. GPUs take the tables as they are."""
         if self.key_valid_BM.device.type != "cpu":
             return self
         _, N, M = self.shape

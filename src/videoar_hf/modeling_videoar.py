@@ -281,7 +281,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
             text_BLC, text_valid_BL, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
         )
         rule = BlockCausalRule(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
-        hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, rule, reusable_mask=not random_frame_mask))
+        hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, rule, reusable_mask=not random_frame_mask)
+        hidden_BNC = self.norm(hidden_BNC)
         logits_BNd = self.bit_head(hidden_BNC[:, text_BLC.shape[1] :])
 
         loss = None
@@ -322,7 +323,9 @@ class VideoARTransformer(VideoARPreTrainedModel):
             cache.drop_frames_before(frame - window)  # out of every later token's sight: memory stays flat
         cache.append_tokens(blocks_N, frames_N, valid_BN)
         frame_keep = frame_window_keep(B, frame + 1, window, device=self.device)
-        rule = BlockCausalRule(blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep)
+        rule = BlockCausalRule(
+            blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep
+        )
         hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, rule, cache))
         return VideoARTransformerOutput(logits=self.bit_head(hidden_BNC[:, -n:]), last_hidden_state=hidden_BNC, cache=cache)
 
