@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import attention_section  # noqa: E402
 from loader import loader_section  # noqa: E402
+from stage_one_batching import stage_one_section  # noqa: E402
 from memory_modes import memory_modes_section, peak_rss_mb  # noqa: E402
 from next_token_baseline import next_token_generate  # noqa: E402
 
@@ -490,6 +491,7 @@ def main(argv=None) -> dict:
         ("memory", lambda: memory_modes_section(random_pipeline(SHIPPED_TOKENIZER, SIZES["mid"]), args.runs)),
         ("attention", lambda: attention_section(args.runs)),
         ("loader", loader_section),
+        ("stage_one", lambda: stage_one_section(repeats=max(3, args.runs))),
     ):
         start = time.perf_counter()
         results[name] = section()
