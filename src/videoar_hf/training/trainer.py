@@ -280,7 +280,8 @@ class Trainer:
 
 @torch.no_grad()
 def copy_into(parameters: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-    """Copy values into parameters shard by shard (diffusers' `EMAModel.restore` does not reach FSDP2's shards)."""
+    """Copy values into parameters in place, each process its own shard (no full copy on the CPU, as diffusers'
+    `EMAModel.store` would make)."""
     for parameter, value in zip(parameters, values):
         local_shard(parameter).copy_(local_shard(value))
 
