@@ -132,3 +132,11 @@ def test_videoar_app_bad_port(capsys):
 
     assert main(["app", "--port", "70000"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+
+
+def test_a_then_prompt_continues_the_video_under_it(client):
+    args = ("a red circle moving left", "", 9, 32, 3, False, 3.0, 0, 1.0, None)
+    _, video, _ = client.predict(*args, "a blue square moving up", 5, api_name="/generate")
+    assert iio.imread(video).shape == (9, 32, 32, 3)
+    with pytest.raises(AppError, match="from frame: 4 does not start a latent frame"):
+        client.predict(*args, "a blue square moving up", 4, api_name="/generate")

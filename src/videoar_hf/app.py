@@ -125,12 +125,13 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
     # inputs arrive unprocessed (`preprocess=False`), so a wrong type from the API gets a message naming it; every
     # argument has a default, so the API marks only the prompt as required
     def generate(prompt, negative_prompt="", num_frames=default_frames, resolution=default_resolution, seed=0,
-                 randomize_seed=True, guidance_scale=4.0, top_k=0, top_p=1.0, image=None,
-                 progress=gr.Progress(track_tqdm=True)):  # fmt: skip
+                 randomize_seed=True, guidance_scale=4.0, top_k=0, top_p=1.0, image=None, then_prompt="",
+                 then_from_frame=None, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
         try:
             num_frames = _number("frames", num_frames, integer=True, low=1, high=limits.max_frames)
             resolution = _number("resolution", resolution, integer=True, low=1, high=limits.max_resolution)
             check_request(pipe, limits, prompt, negative_prompt, num_frames, resolution)
+            next_prompts = _then(then_prompt, then_from_frame, num_frames, tau, limits)
             seed = random.randint(0, MAX_SEED) if randomize_seed else _number("seed", seed, integer=True, low=0, high=MAX_SEED)
             chunks = pipe.stream(
                 prompt,
@@ -143,6 +144,7 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
                 top_p=_number("top-p", top_p, low=0.01, high=1),
                 image=_uploaded_image(image),
                 generator=torch.Generator().manual_seed(seed),
+                next_prompts=next_prompts,
             )
             frames = []
             for chunk in chunks:
@@ -169,6 +171,11 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
                 prompt = gr.Textbox(label="Prompt", max_length=limits.max_prompt_length, value=EXAMPLE_PROMPTS[0])
                 negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=limits.max_prompt_length)
                 image = gr.Image(label="Continue from this image (optional)", type="pil")
+                with gr.Row():
+                    then_prompt = gr.Textbox(label="Then (optional): the video continues under this prompt",
+                                             value="", max_length=limits.max_prompt_length, scale=3)  # fmt: skip
+                    then_from_frame = gr.Number(value=1 + tau * (default_frames // (2 * tau)), precision=0,
+                                                label="from frame", scale=1)  # fmt: skip
                 with gr.Accordion("Settings", open=False):
                     num_frames = gr.Slider(1, frame_counts[-1], value=default_frames, step=tau, label="Frames")
                     resolution = gr.Dropdown(resolutions, value=default_resolution, label="Resolution (px)")
@@ -186,7 +193,7 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
         run.click(
             generate,
             inputs=[prompt, negative_prompt, num_frames, resolution, seed, randomize_seed, guidance_scale, top_k, top_p,
-                    image],  # fmt: skip
+                    image, then_prompt, then_from_frame],  # fmt: skip
             outputs=[preview, video, used_seed],
             api_name="generate",
             preprocess=False,
@@ -195,6 +202,18 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
         )
     demo.queue(max_size=limits.queue_max_size, default_concurrency_limit=limits.concurrency_limit)
     return demo
+
+
+def _then(then_prompt, then_from_frame, num_frames: int, tau: int, limits: DemoLimits) -> list | None:
+    """The pipeline's `next_prompts` for a "then" prompt: none when it is empty."""
+    if then_prompt is None or (isinstance(then_prompt, str) and not then_prompt.strip()):
+        return None
+    if not isinstance(then_prompt, str) or len(then_prompt) > limits.max_prompt_length:
+        raise RequestError(f"then: text of at most {limits.max_prompt_length} characters.")
+    frame = _number("from frame", then_from_frame, integer=True, low=2, high=num_frames - 1)
+    if (frame - 1) % tau:
+        raise RequestError(f"from frame: {frame} does not start a latent frame; use 1 + a multiple of {tau}.")
+    return [(frame, then_prompt)]
 
 
 def _preview(frame: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:

@@ -67,6 +67,24 @@ def check_scalars(o: dict) -> None:
     inputs = o["callback_on_step_end_tensor_inputs"]
     require(isinstance(inputs, (list, tuple)) and all(isinstance(k, str) for k in inputs),
             "callback_on_step_end_tensor_inputs", inputs, "a list of names")  # fmt: skip
+    require(o["context_frames"] is None or (is_int(o["context_frames"]) and o["context_frames"] >= 1),
+            "context_frames", o["context_frames"], "None or a positive integer")  # fmt: skip
+
+
+def check_next_prompts(next_prompts, num_frames: int, tau: int, has_prompt: bool) -> None:
+    """`[(frame, prompt), ...]`: frames that start a latent frame, inside the video and increasing; prompts as text."""
+    if next_prompts is None:
+        return
+    allowed = f"a list of (frame, prompt) pairs, frames 1 + k * {tau} inside the video ({num_frames} frames), increasing"
+    require(isinstance(next_prompts, (list, tuple)) and len(next_prompts) > 0, "next_prompts", next_prompts, allowed)
+    last = 0
+    for pair in next_prompts:
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and is_int(pair[0]) and isinstance(pair[1], str)
+        ok = ok and last < pair[0] < num_frames and (pair[0] - 1) % tau == 0 and bool(pair[1].strip())
+        require(ok, "next_prompts", next_prompts, allowed)
+        last = pair[0]
+    if not has_prompt:
+        raise ValueError("`next_prompts` are text: pass `prompt` (not `prompt_embeds`) and keep the text encoder.")
 
 
 def frames_for_processor(name: str, value):

@@ -26,7 +26,15 @@ from .lora import VideoARLoraLoaderMixin
 from .modeling_tokenizer import VideoARTokenizer
 from .modeling_videoar import VideoARTransformer
 from .pipeline_folder import check_loaded_weights, check_pipeline_folder
-from .pipeline_inputs import check_embeds, check_memory, check_scalars, check_texts, frames_for_processor, is_finite_number
+from .pipeline_inputs import (
+    check_embeds,
+    check_memory,
+    check_next_prompts,
+    check_scalars,
+    check_texts,
+    frames_for_processor,
+    is_finite_number,
+)
 from .sampling import sample_bits
 
 logger = logging.get_logger(__name__)
@@ -234,6 +242,12 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             )
         num_videos_per_prompt = o["num_videos_per_prompt"]
         self.video_tokenizer.validate_video_shape(o["num_frames"], o["height"], o["width"])
+        tau = self.video_tokenizer.config.temporal_compression_ratio
+        check_next_prompts(o["next_prompts"], o["num_frames"], tau, prompt is not None)
+        window = getattr(self.transformer.config, "max_latent_frames", None)
+        if window is not None and o["context_frames"] is not None and o["context_frames"] >= window:
+            raise ValueError(f"`context_frames` ({o['context_frames']}) must be below the trained length of "
+                             f"{window} latent frames (`transformer.config.max_latent_frames`).")  # fmt: skip
         batch = num_prompts * num_videos_per_prompt
         if isinstance(o["generator"], list) and len(o["generator"]) != batch:
             raise ValueError(
@@ -362,7 +376,6 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         guidance_TK = guidance_table(o["guidance_scale"], num_latent_frames, num_scales)  # checks it
         self._guidance_scale = o["guidance_scale"]
         self._do_classifier_free_guidance = bool((guidance_TK != 1).any())
-        self._num_timesteps = num_latent_frames * num_scales
         self._interrupt = False
 
         # text prefix: conditional and unconditional prompts in one batch, one forward pass
@@ -371,9 +384,12 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             o["prompt_embeds"], o["prompt_attention_mask"], o["negative_prompt_embeds"],
             o["negative_prompt_attention_mask"], o["max_sequence_length"], device,
         )  # fmt: skip
-        text_states, text_mask = prompt_embeds, prompt_mask
-        if self.do_classifier_free_guidance:
-            text_states, text_mask = _concat_padded([prompt_embeds, negative_embeds], [prompt_mask, negative_mask])
+        texts = [(0, *self._guided_text(prompt_embeds, prompt_mask, negative_embeds, negative_mask))]
+        for first_frame, later_prompt in o["next_prompts"] or []:
+            embeds, mask, *_ = self.encode_prompt([later_prompt] * len(prompts or prompt_embeds), None, False,
+                                                  o["num_videos_per_prompt"], device=device)  # fmt: skip
+            texts.append((self.video_tokenizer.num_latent_frames(first_frame) - 1,
+                          *self._guided_text(embeds, mask, negative_embeds, negative_mask)))  # fmt: skip
         batch = prompt_embeds.shape[0]
 
         given_bits = []
@@ -387,39 +403,59 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     f"`num_frames` ({o['num_frames']}) must be longer than the conditioning frames, which fill "
                     f"{given_bits[0].shape[1]} of its {num_latent_frames} latent frames."
                 )
-        return _Sampling(
-            batch=batch,
-            num_latent_frames=num_latent_frames,
-            latent_size=latent_size,
-            text_states=text_states,
-            text_mask=text_mask,
-            given_bits=given_bits,
-            device=device,
-            options=o,
-        )
+        window = getattr(self.transformer.config, "max_latent_frames", None)
+        context = o["context_frames"] or max(1, (window or 2) // 2)
+        if window is not None and given_bits and given_bits[0].shape[1] > window:
+            raise ValueError(f"The conditioning frames fill {given_bits[0].shape[1]} latent frames, more than the "
+                             f"{window} the model was trained on (`transformer.config.max_latent_frames`).")  # fmt: skip
+        sampling = _Sampling(batch, num_latent_frames, latent_size, texts, given_bits, device, o, window, context)
+        if sampling.is_windowed and o["output_type"] == "latent":
+            raise ValueError("`output_type='latent'` is not available when the video is re-encoded between windows "
+                             "(longer than `transformer.config.max_latent_frames`, or with `next_prompts`).")  # fmt: skip
+        self._num_timesteps = sum(count for _, count in self._windows_plan(sampling)) * num_scales
+        return sampling
 
-    def _sample_latent_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
-        """Sample frame after frame, scale after scale, one transformer call each; after each latent frame, yield all
-        `latents` `(B, d, T', h, w)` (frames not sampled yet are zeros)."""
+    def _guided_text(self, embeds, mask, negative_embeds, negative_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text states and mask of one prompt batch; with guidance, the negative prompts follow in the same batch."""
+        if not self.do_classifier_free_guidance:
+            return embeds, mask
+        return _concat_padded([embeds, negative_embeds], [mask, negative_mask])
+
+    def _windows_plan(self, s: "_Sampling") -> list[tuple[int, int]]:
+        """`(first frame, frames)` of each window: a window ends at the trained length or where a later prompt
+        starts; each later one starts `context` frames early, on the re-encoded end of the previous one."""
+        switches = sorted({first for first, *_ in s.texts[1:]})
+        plan, first = [], 0
+        while True:
+            start = first if not plan else first - min(s.context, first)
+            end = s.num_latent_frames if s.window is None else min(s.num_latent_frames, start + s.window)
+            end = min([f for f in switches if f > first] + [end])
+            plan.append((start, end - start))
+            if end >= s.num_latent_frames:
+                return plan
+            first = end
+
+    def _sample_latent_frames(self, s: "_Sampling", w: "_Window", progress_bar, first_step: int = 0) -> Iterator[torch.Tensor]:
+        """Sample the frames of one window, scale after scale, one transformer call each, on a fresh cache; after
+        each latent frame, yield all the window's `latents` `(B, d, T', h, w)` (frames not sampled yet are zeros)."""
         o, quantizer = s.options, self.video_tokenizer.quantizer
         cache = self.transformer.init_cache(*s.latent_size)
         scale_sizes = cache.scale_sizes
-        num_given = s.given_bits[0].shape[1] if s.given_bits else 0
-        latents = torch.zeros(s.batch, quantizer.latent_bits, s.num_latent_frames, *s.latent_size, device=s.device)
+        latents = torch.zeros(s.batch, quantizer.latent_bits, w.num_frames, *s.latent_size, device=s.device)
         scale_input = None
-        with self.progress_bar(total=self.num_timesteps) as progress_bar, self._lora_scale(o["attention_kwargs"]["scale"]):
-            for frame in range(s.num_latent_frames):
+        with self._lora_scale(o["attention_kwargs"]["scale"]):
+            for frame in range(w.num_frames):
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
                         return
                     model_input = None if scale_input is None else scale_input.repeat(1 + self.do_classifier_free_guidance, 1, 1, 1)
-                    logits = self.transformer(model_input, s.text_states, s.text_mask, cache=cache).logits.float()
+                    logits = self.transformer(model_input, w.text_states, w.text_mask, cache=cache).logits.float()
                     if self.do_classifier_free_guidance:
                         cond, uncond = logits.chunk(2)
-                        guidance = self._current_guidance(frame, scale, s.num_latent_frames, len(scale_sizes))
+                        guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
-                    if frame < num_given:
-                        bits_BhwD = s.given_bits[scale][:, frame]
+                    if frame < w.num_given:
+                        bits_BhwD = w.given_bits[scale][:, frame]
                     else:
                         bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
                         bits_BhwD = bits.reshape(s.batch, *size, -1)
@@ -429,13 +465,43 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     if o["callback_on_step_end"] is not None:
                         available = {"latents": latents, "logits": logits}
                         callback_kwargs = {k: available[k] for k in o["callback_on_step_end_tensor_inputs"]}
-                        step = frame * len(scale_sizes) + scale
-                        callback_outputs = o["callback_on_step_end"](self, step, (frame, scale), callback_kwargs) or {}
+                        step = first_step + frame * len(scale_sizes) + scale
+                        timestep = (w.first_frame + frame, scale)
+                        callback_outputs = o["callback_on_step_end"](self, step, timestep, callback_kwargs) or {}
                         if "latents" in callback_outputs:  # the next block starts from the callback's latents
                             latents = callback_outputs["latents"]
                             _, scale_input = quantizer.accumulate(latents[:, :, frame], None, next_size)
                     progress_bar.update()
                 yield latents
+
+    def _decoded_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
+        """Pixel frames `(B, 3, t, H, W)` in [-1, 1], a latent frame's worth at a time (one frame, then
+        `temporal_compression_ratio` each), window after window. A later window starts on the end of the video so
+        far, decoded and encoded again by the causal tokenizer (docs/method.md §8: frame re-encoding), so the
+        temporal positions restart inside the trained range and the cache never outgrows one window."""
+        num_scales, tau = len(self.transformer.scale_sizes(*s.latent_size)), self.video_tokenizer.config.temporal_compression_ratio
+        recent: list[torch.Tensor] = []  # the last `context` latent frames of the video, as pixels
+        step, end = 0, 0
+        with self.progress_bar(total=self.num_timesteps) as progress_bar:
+            for first, count in self._windows_plan(s):
+                context = end - first
+                given = s.given_bits
+                if context:
+                    pixels = torch.cat(recent, dim=2)[:, :, -(1 + tau * (context - 1)) :]
+                    latents = self.video_tokenizer.encode(pixels.to(self.video_tokenizer.dtype)).latents
+                    given = self.video_tokenizer.quantize(latents).bits
+                _, text_states, text_mask = [t for t in s.texts if t[0] <= end][-1]
+                window = _Window(first, count, given, text_states, text_mask)
+                with causal_streaming(self.video_tokenizer.decoder):
+                    for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
+                        chunk = latents[:, :, frame : frame + 1].to(self.video_tokenizer.dtype)
+                        sample = self.video_tokenizer.decode(chunk).sample.float()  # continues the stream
+                        if frame >= context:  # the re-encoded frames are already out
+                            recent = (recent + [sample])[-s.context :]
+                            yield sample
+                if self.interrupt:
+                    return
+                step, end = step + count * num_scales, first + count
 
     def _current_guidance(self, frame: int, scale: int, num_frames: int, num_scales: int) -> float:
         # read each pass, so a callback that sets `_guidance_scale` takes effect from the next pass on
@@ -468,6 +534,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        next_prompts: list[tuple[int, str]] | None = None,
+        context_frames: int | None = None,
     ) -> VideoARPipelineOutput | tuple:
         """Generate videos.
 
@@ -500,20 +568,22 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             callback_on_step_end_tensor_inputs: keys of `callback_kwargs`, from `["latents", "logits"]`.
             attention_kwargs: `{"scale": s}` multiplies every loaded LoRA's update by `s` for this call (diffusers'
                 convention); the only key.
+            next_prompts: `[(frame, prompt), ...]`: from pixel frame `frame` (`1 + k * temporal_compression_ratio`)
+                on, the video continues under `prompt` (every video of the batch), from the re-encoded end of what
+                came before, e.g. `[(33, "a red circle moving up")]`.
+            context_frames: latent frames re-encoded from the end of one window to start the next, when the video
+                is longer than `transformer.config.max_latent_frames` (the length trained on) or a prompt changes;
+                half the trained length by default (docs/method.md §8).
         """
         options = {name: value for name, value in locals().items() if name != "self"}
         sampling = self._prepare_sampling(options)
-        latents = None
-        for latents in self._sample_latent_frames(sampling):
-            pass
-        if latents is None:  # interrupted within the first frame
-            latents = torch.zeros(sampling.batch, self.video_tokenizer.config.latent_channels, 1, *sampling.latent_size)
-        if output_type == "latent":
-            frames = latents
+        if sampling.is_windowed:
+            chunks = list(self._decoded_frames(sampling))
+            if not chunks:  # interrupted within the first frame
+                chunks = [self.video_tokenizer.decode(torch.zeros(sampling.batch, self.video_tokenizer.config.latent_channels, 1, *sampling.latent_size)).sample]
+            frames = self.video_processor.postprocess_video(torch.cat(chunks, dim=2).float(), output_type=output_type)
         else:
-            latents = latents.to(self.video_tokenizer.dtype)
-            sample = self.video_tokenizer.decode(latents, chunk_size=decode_chunk_size).sample
-            frames = self.video_processor.postprocess_video(sample.float(), output_type=output_type)
+            frames = self._sample_and_decode(sampling, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
@@ -540,29 +610,64 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         sampling = self._prepare_sampling(options.arguments)
         return self._decode_as_sampled(sampling, options.arguments["output_type"])
 
+    def _sample_and_decode(self, s: "_Sampling", output_type: str, decode_chunk_size: int | None):
+        """One window: sample every latent frame, then decode them at once (or as `latent`, undecoded)."""
+        _, text_states, text_mask = s.texts[0]
+        window = _Window(0, s.num_latent_frames, s.given_bits, text_states, text_mask)
+        latents = torch.zeros(s.batch, self.video_tokenizer.config.latent_channels, 1, *s.latent_size)
+        with self.progress_bar(total=self.num_timesteps) as progress_bar:
+            for latents in self._sample_latent_frames(s, window, progress_bar):
+                pass  # interrupted within the first frame: the zeros above
+        if output_type == "latent":
+            return latents
+        sample = self.video_tokenizer.decode(latents.to(self.video_tokenizer.dtype), chunk_size=decode_chunk_size).sample
+        return self.video_processor.postprocess_video(sample.float(), output_type=output_type)
+
     @torch.no_grad()
     def _decode_as_sampled(self, sampling: "_Sampling", output_type: str) -> Iterator:
-        with causal_streaming(self.video_tokenizer.decoder):
-            for frame, latents in enumerate(self._sample_latent_frames(sampling)):
-                chunk = latents[:, :, frame : frame + 1].to(self.video_tokenizer.dtype)
-                sample = self.video_tokenizer.decode(chunk).sample  # continues the stream: no chunk_size
-                yield self.video_processor.postprocess_video(sample.float(), output_type=output_type)
+        for sample in self._decoded_frames(sampling):
+            yield self.video_processor.postprocess_video(sample, output_type=output_type)
         self.maybe_free_model_hooks()
 
 
 @dataclass
 class _Sampling:
     """What one generation carries from its preparation into its sampling loop: what was derived from the arguments,
-    and the checked arguments themselves (`options`, by `__call__`'s names)."""
+    and the checked arguments themselves (`options`, by `__call__`'s names).
+
+    `texts` holds `(first latent frame, text states, text mask)` for the prompt and each later one; `window` is the
+    most latent frames one pass of the cache may hold (`transformer.config.max_latent_frames`, None: no limit) and
+    `context` the latent frames re-encoded from the end of one window to start the next."""
 
     batch: int
     num_latent_frames: int
     latent_size: tuple[int, int]
-    text_states: torch.Tensor
-    text_mask: torch.Tensor
+    texts: list[tuple[int, torch.Tensor, torch.Tensor]]
     given_bits: list[torch.Tensor]
     device: torch.device
     options: dict
+    window: int | None = None
+    context: int = 1
+
+    @property
+    def is_windowed(self) -> bool:
+        return len(self.texts) > 1 or (self.window is not None and self.num_latent_frames > self.window)
+
+
+@dataclass
+class _Window:
+    """One pass of the KV cache: `num_frames` latent frames, the first `len(given_bits[0][0])` given (the user's
+    frames, or the re-encoded end of the previous window), placed at `first_frame` of the whole video."""
+
+    first_frame: int
+    num_frames: int
+    given_bits: list[torch.Tensor]
+    text_states: torch.Tensor
+    text_mask: torch.Tensor
+
+    @property
+    def num_given(self) -> int:
+        return self.given_bits[0].shape[1] if self.given_bits else 0
 
 
 def _repeat_text(states, mask, repeats: int, device):

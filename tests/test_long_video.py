@@ -1,0 +1,103 @@
+"""Long video by frame re-encoding (docs/method.md §8) and prompt switching: a model trained on `max_latent_frames`
+latent frames generates any length in windows, each starting on the re-encoded end of the video so far."""
+
+import numpy as np
+import pytest
+import torch
+
+from videoar_hf.testing_utils import tiny_pipeline
+
+PROMPT = "a red circle moving left"
+
+
+@pytest.fixture
+def pipe():
+    pipe = tiny_pipeline()
+    pipe.transformer.config.max_latent_frames = 3  # as if trained on 9-frame clips
+    return pipe
+
+
+def watch_blocks(pipe) -> list[dict]:
+    """Record, for every transformer call, the (frame, scale) block it runs and the cache's size before it."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        cache = kwargs["cache"]
+        seen.append({"frame": cache.next_block[0], "cached": 0 if cache.is_empty else len(cache.token_blocks),
+                     "text": args[1]})  # fmt: skip
+
+    pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def test_a_long_video_stays_inside_the_trained_positions_and_a_bounded_cache(pipe):
+    seen = watch_blocks(pipe)
+    frames = pipe(PROMPT, num_frames=33, generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 33, 32, 32, 3)
+    assert max(block["frame"] for block in seen) == 2, "temporal positions restart in each window"
+    tokens_per_frame = 1 + 4 + 16
+    assert max(block["cached"] for block in seen) < 3 * tokens_per_frame + 64, "the cache never outgrows a window"
+    # 9 latent frames in windows of 3 that re-encode 1 frame: 3, then 1 + 2 three times: 12 frames of passes
+    assert len(seen) == pipe.num_timesteps == 12 * 3
+
+
+def test_stream_yields_the_frames_of_call(pipe):
+    generator = torch.Generator().manual_seed(1)
+    frames = pipe(PROMPT, num_frames=25, generator=generator, output_type="pt").frames
+    chunks = list(pipe.stream(PROMPT, num_frames=25, generator=torch.Generator().manual_seed(1), output_type="pt"))
+    assert [c.shape[1] for c in chunks] == [1] + [4] * 6
+    torch.testing.assert_close(torch.cat(chunks, dim=1), frames)
+
+
+def test_the_next_window_starts_from_the_end_of_the_video(pipe, monkeypatch):
+    encoded = []
+    original = pipe.video_tokenizer.encode
+
+    def spy(video, *args, **kwargs):
+        encoded.append(video.clone())
+        return original(video, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.video_tokenizer, "encode", spy)
+    frames = pipe(PROMPT, num_frames=17, output_type="pt", context_frames=2, generator=torch.Generator().manual_seed(2)).frames
+    # windows: latent frames 0-2, then 1-3 (1 and 2 re-encoded), then 2-4: each re-encodes 1 + 4 pixel frames
+    assert [v.shape[2] for v in encoded] == [5, 5]
+    first_tail = encoded[0][0].permute(1, 0, 2, 3).add(1).div(2)  # (T, 3, H, W) in [0, 1], as frames
+    torch.testing.assert_close(first_tail.clamp(0, 1), frames[0, 4:9], atol=1e-5, rtol=0)
+
+
+def test_a_prompt_switch_mid_video_continues_under_the_new_prompt(pipe):
+    pipe.transformer.config.max_latent_frames = None  # switching alone starts a window
+    seen = watch_blocks(pipe)
+    frames = pipe(PROMPT, num_frames=17, next_prompts=[(9, "a blue square moving up")], guidance_scale=1.0).frames
+    assert frames.shape == (1, 17, 32, 32, 3)
+    new_text, _, _, _ = pipe.encode_prompt("a blue square moving up", do_classifier_free_guidance=False)
+    firsts = [block for block in seen if block["cached"] == 0]
+    assert len(firsts) == 2, "one window per prompt"
+    torch.testing.assert_close(firsts[1]["text"], new_text)
+    assert not torch.equal(firsts[0]["text"][:, : new_text.shape[1]], new_text)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"next_prompts": [(8, "x")]}, "next_prompts"),
+        ({"next_prompts": [(9, "x"), (5, "y")]}, "next_prompts"),
+        ({"next_prompts": [(17, "x")]}, "next_prompts"),
+        ({"next_prompts": "a blue square"}, "next_prompts"),
+        ({"context_frames": 3}, "context_frames"),
+        ({"context_frames": 0}, "context_frames"),
+        ({"output_type": "latent", "num_frames": 33}, "latent"),
+    ],
+)
+def test_bad_long_video_arguments_are_named(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(PROMPT, **{"num_frames": 17, **kwargs})
+
+
+def test_short_videos_are_sampled_in_one_window_as_before(pipe):
+    seen = watch_blocks(pipe)
+    frames = pipe(PROMPT, num_frames=9, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    reference = pipe(PROMPT, num_frames=9, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 9, 32, 32, 3) and reference.shape[2] == 3
+    assert sum(block["cached"] == 0 for block in seen) == 2, "one window per call"
+    assert np.isfinite(frames).all()
