@@ -96,9 +96,9 @@ def build_tokenizer(args) -> VideoARTokenizer:
     except (TypeError, ValueError) as error:
         raise ValueError(f"--tokenizer_config: {error}") from error
     if args.init_from_2d:
-        inflated, unused = inflate_state_dict(load_file(args.init_from_2d), tokenizer)
+        inflated, unused, reinitialized = inflate_state_dict(load_file(args.init_from_2d), tokenizer)
         missing, _ = tokenizer.load_state_dict(inflated, strict=False)
-        logger.info(f"Inflated {len(inflated)} tensors from {args.init_from_2d}; unused 2D keys: {unused}; left at init: {missing}")
+        logger.info(f"Inflated {len(inflated) - len(reinitialized)} tensors from {args.init_from_2d}; unused 2D keys: {unused}; re-initialised: {reinitialized}; left at init: {missing}")
     return tokenizer
 
 

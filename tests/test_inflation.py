@@ -1,5 +1,7 @@
 """Inflating a 2D image tokenizer into the causal 3D tokenizer (docs/method.md §2, "Init")."""
 
+import logging
+import math
 import re
 
 import pytest
@@ -16,11 +18,11 @@ from videoar_hf.modeling_tokenizer import VideoARTokenizer
 WIDTHS = (8, 16, 16, 16)
 
 
-def tiny_tokenizer(tau: int) -> VideoARTokenizer:
+def tiny_tokenizer(tau: int, latent_channels: int = 6, base_channels: int = 8) -> VideoARTokenizer:
     torch.manual_seed(0)
     return VideoARTokenizer(
-        latent_channels=6,
-        base_channels=8,
+        latent_channels=latent_channels,
+        base_channels=base_channels,
         channel_multipliers=(1, 2, 2, 2),
         num_res_blocks=1,
         spatial_compression_ratio=8,
@@ -76,9 +78,9 @@ def test_every_inflated_conv_is_its_2d_conv_frame_by_frame(tau):
     """On one frame, and on every frame of a video: each output frame sees only its own input frame at first."""
     tokenizer = tiny_tokenizer(tau)
     state_dict_2d = ldm_state_dict(tokenizer)
-    inflated, unused = inflate_state_dict(state_dict_2d, tokenizer)
+    inflated, unused, reinitialized = inflate_state_dict(state_dict_2d, tokenizer)
     tokenizer.load_state_dict(inflated, strict=True)
-    assert unused == []
+    assert unused == [] and reinitialized == []
 
     causal = {name for name, module in tokenizer.named_modules() if isinstance(module, CausalConv3d)}
     convs = {
@@ -106,11 +108,177 @@ def test_every_inflated_conv_is_its_2d_conv_frame_by_frame(tau):
 def test_infinity_naming_inflates_the_same():
     tokenizer = tiny_tokenizer(4)
     state_dict_2d = ldm_state_dict(tokenizer)
-    from_ldm, _ = inflate_state_dict(state_dict_2d, tokenizer)
-    from_infinity, unused = inflate_state_dict(infinity_naming(state_dict_2d), tokenizer)
-    assert unused == []
+    from_ldm = inflate_state_dict(state_dict_2d, tokenizer).state_dict
+    from_infinity, unused, reinitialized = inflate_state_dict(infinity_naming(state_dict_2d), tokenizer)
+    assert unused == [] and reinitialized == []
     assert from_infinity.keys() == from_ldm.keys() == tokenizer.state_dict().keys()
     assert all(torch.equal(from_infinity[key], from_ldm[key]) for key in from_ldm)
+
+
+def infinity_layout_state_dict(
+    base_channels: int, multipliers: tuple[int, ...], num_res_blocks: int, bits: int, attention: bool = False
+) -> dict[str, torch.Tensor]:
+    """A random 2D state dict laid out as Infinity's `bsq_vae` AutoEncoder would save it, built from its module
+    structure rather than from ours: every conv is `Conv.conv` and every norm `Normalize.norm`; levels below the last
+    downsample (encoder) / above the first upsample (decoder); the mid blocks' attention only with `attention`
+    (Infinity's loader builds its VAEs without); and the quantizer's bit-mask buffer."""
+    generator = torch.Generator().manual_seed(3)
+    state_dict = {}
+
+    def add(key: str, *shape: int) -> None:
+        state_dict[key] = torch.randn(shape, generator=generator) * 0.3
+
+    def conv(name: str, out_channels: int, in_channels: int, kernel: int) -> None:
+        add(f"{name}.conv.weight", out_channels, in_channels, kernel, kernel)
+        add(f"{name}.conv.bias", out_channels)
+
+    def norm(name: str, channels: int) -> None:
+        add(f"{name}.norm.weight", channels)
+        add(f"{name}.norm.bias", channels)
+
+    def resnet(name: str, in_channels: int, out_channels: int) -> None:
+        norm(f"{name}.norm1", in_channels)
+        conv(f"{name}.conv1", out_channels, in_channels, 3)
+        norm(f"{name}.norm2", out_channels)
+        conv(f"{name}.conv2", out_channels, out_channels, 3)
+        if in_channels != out_channels:
+            conv(f"{name}.nin_shortcut", out_channels, in_channels, 1)
+
+    def mid(name: str, channels: int) -> None:
+        resnet(f"{name}.block_1", channels, channels)
+        if attention:
+            norm(f"{name}.attn_1.norm", channels)
+            for projection in ("q", "k", "v", "proj_out"):
+                conv(f"{name}.attn_1.{projection}", channels, channels, 1)
+        resnet(f"{name}.block_2", channels, channels)
+
+    num_levels, widths = len(multipliers), [base_channels * m for m in multipliers]
+    conv("encoder.conv_in", base_channels, 3, 3)
+    block_in = base_channels
+    for i, width in enumerate(widths):
+        for j in range(num_res_blocks):
+            resnet(f"encoder.down.{i}.block.{j}", block_in, width)
+            block_in = width
+        if i < num_levels - 1:
+            conv(f"encoder.down.{i}.downsample.conv", width, width, 3)
+    mid("encoder.mid", block_in)
+    norm("encoder.norm_out", block_in)
+    conv("encoder.conv_out", bits, block_in, 3)
+
+    conv("decoder.conv_in", block_in, bits, 3)
+    mid("decoder.mid", block_in)
+    for i in reversed(range(num_levels)):
+        for j in range(num_res_blocks + 1):
+            resnet(f"decoder.up.{i}.block.{j}", block_in, widths[i])
+            block_in = widths[i]
+        if i >= 1:
+            conv(f"decoder.up.{i}.upsample.conv", block_in, block_in, 3)
+    norm("decoder.norm_out", block_in)
+    conv("decoder.conv_out", 3, block_in, 3)
+    state_dict["quantizer.lfq.mask"] = 2 ** torch.arange(bits - 1, -1, -1)
+    return state_dict
+
+
+def our_key(tokenizer: VideoARTokenizer, key_2d: str) -> str:
+    """An LDM or Infinity key -> ours: as it is, without Infinity's wrapper level, or with our causal convs' `.conv`."""
+    candidates = (
+        key_2d,
+        re.sub(r"\.(conv|norm)\.(weight|bias)$", r".\2", key_2d),
+        re.sub(r"\.(weight|bias)$", r".conv.\1", key_2d),
+    )
+    return next(key for key in candidates if key in tokenizer.state_dict())
+
+
+def assert_inflated_from(
+    tokenizer: VideoARTokenizer, inflated: dict[str, torch.Tensor], state_dict_2d: dict[str, torch.Tensor], skip=()
+) -> None:
+    """Every 2D tensor but `skip` is in the last temporal slice of its 3D kernel (earlier slices zero) or copied."""
+    for key_2d, tensor_2d in state_dict_2d.items():
+        if key_2d in skip:
+            continue
+        tensor_3d = inflated[our_key(tokenizer, key_2d)]
+        if tensor_3d.ndim == 5 and tensor_2d.ndim == 4:
+            assert torch.equal(tensor_3d[:, :, -1], tensor_2d), key_2d
+            assert not tensor_3d[:, :, :-1].any(), key_2d
+        else:
+            assert torch.equal(tensor_3d, tensor_2d), key_2d
+
+
+LATENT_KEYS = ["encoder.conv_out.conv.weight", "encoder.conv_out.conv.bias", "decoder.conv_in.conv.weight"]
+ATTENTION_OUTPUTS = [f"{part}.mid.attn_1.proj_out.{p}" for part in ("encoder", "decoder") for p in ("weight", "bias")]
+
+
+def test_infinity_layout_inflates_and_its_missing_attention_starts_as_the_identity():
+    tokenizer = tiny_tokenizer(4)
+    state_dict_2d = infinity_layout_state_dict(8, (1, 2, 2, 2), num_res_blocks=1, bits=6)
+    inflated, unused, reinitialized = inflate_state_dict(state_dict_2d, tokenizer)
+    assert unused == ["quantizer.lfq.mask"]
+    assert reinitialized == ATTENTION_OUTPUTS
+    assert_inflated_from(tokenizer, inflated, {k: v for k, v in state_dict_2d.items() if k not in unused})
+    # the same keys in LDM naming give the same tensors
+    ldm = {re.sub(r"\.(conv|norm)\.(weight|bias)$", r".\2", k): v for k, v in state_dict_2d.items() if k not in unused}
+    from_ldm = inflate_state_dict(ldm, tokenizer).state_dict
+    assert from_ldm.keys() == inflated.keys() and all(torch.equal(from_ldm[k], inflated[k]) for k in inflated)
+
+    missing, unexpected = tokenizer.load_state_dict(inflated, strict=False)
+    assert unexpected == [] and all(".mid.attn_1." in key for key in missing)
+    x_BCTHW = torch.randn(1, 16, 2, 4, 4)
+    with torch.no_grad():
+        for attention in (tokenizer.encoder.mid.attn_1, tokenizer.decoder.mid.attn_1):
+            torch.testing.assert_close(attention(x_BCTHW), x_BCTHW, rtol=0, atol=0)
+
+
+def test_infinity_layout_with_attention_inflates_it():
+    tokenizer = tiny_tokenizer(4)
+    state_dict_2d = infinity_layout_state_dict(8, (1, 2, 2, 2), num_res_blocks=1, bits=6, attention=True)
+    inflated, unused, reinitialized = inflate_state_dict(state_dict_2d, tokenizer)
+    assert unused == ["quantizer.lfq.mask"] and reinitialized == []
+    assert_inflated_from(tokenizer, inflated, state_dict_2d, skip=unused)
+    tokenizer.load_state_dict(inflated, strict=True)
+
+
+def test_another_latent_width_reinitialises_the_latent_layers(caplog):
+    """d = 8 into d = 12: the latent layers are re-initialised and named, everything else is inflated."""
+    state_dict_2d = ldm_state_dict(tiny_tokenizer(4, latent_channels=8))
+    tokenizer = tiny_tokenizer(4, latent_channels=12)
+    with caplog.at_level(logging.WARNING, logger="videoar_hf.inflation"):
+        inflated, unused, reinitialized = inflate_state_dict(state_dict_2d, tokenizer, torch.Generator().manual_seed(0))
+    assert unused == [] and reinitialized == LATENT_KEYS
+    assert all(key in caplog.text for key in LATENT_KEYS) and "12" in caplog.text
+    latent_keys_2d = {"encoder.conv_out.weight", "encoder.conv_out.bias", "decoder.conv_in.weight"}
+    assert_inflated_from(tokenizer, inflated, state_dict_2d, skip=latent_keys_2d)
+    assert torch.equal(inflated["decoder.conv_in.conv.bias"], state_dict_2d["decoder.conv_in.bias"]), "not d-sized"
+
+    # fresh 2D kernels in the last slice, drawn as nn.Conv2d draws them: |w| <= 1 / sqrt(fan_in)
+    for key in LATENT_KEYS:
+        value = inflated[key]
+        assert value.shape == tokenizer.state_dict()[key].shape
+        fan_in = 16 * 9 if key.startswith("encoder") else 12 * 9
+        assert value.abs().max() <= 1 / math.sqrt(fan_in) and value.abs().max() > 0.5 / math.sqrt(fan_in), key
+        if value.ndim == 5:
+            assert not value[:, :, :-1].any(), key
+    again = inflate_state_dict(state_dict_2d, tokenizer, torch.Generator().manual_seed(0)).state_dict
+    assert all(torch.equal(again[key], inflated[key]) for key in LATENT_KEYS), "the generator decides"
+
+    tokenizer.load_state_dict(inflated, strict=True)
+    video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        output = tokenizer(video)
+    assert output.latents.shape[1] == 12 and torch.isfinite(output.sample).all()
+
+
+def test_infinity_d32_into_the_papers_d48():
+    tokenizer = tiny_tokenizer(4, latent_channels=48, base_channels=4)
+    state_dict_2d = infinity_layout_state_dict(4, (1, 2, 2, 2), num_res_blocks=1, bits=32)
+    inflated, unused, reinitialized = inflate_state_dict(state_dict_2d, tokenizer)
+    assert unused == ["quantizer.lfq.mask"]
+    assert reinitialized == LATENT_KEYS + ATTENTION_OUTPUTS
+    assert inflated["encoder.conv_out.conv.weight"].shape == (48, 8, 3, 3, 3)
+    assert inflated["decoder.conv_in.conv.weight"].shape == (8, 48, 3, 3, 3)
+    latent_keys_2d = {"encoder.conv_out.conv.weight", "encoder.conv_out.conv.bias", "decoder.conv_in.conv.weight"}
+    assert_inflated_from(tokenizer, inflated, state_dict_2d, skip={*unused, *latent_keys_2d})
+    missing, unexpected = tokenizer.load_state_dict(inflated, strict=False)
+    assert unexpected == [] and all(".mid.attn_1." in key for key in missing)
 
 
 @pytest.mark.parametrize("tau", (1, 2, 4))
@@ -151,8 +319,8 @@ def test_unknown_2d_keys_are_reported():
     state_dict_2d["quant_conv.weight"] = torch.zeros(12, 12, 1, 1)
     state_dict_2d["encoder.down.3.attn.0.q.weight"] = torch.zeros(16, 16, 1, 1)
     del state_dict_2d["decoder.conv_out.bias"]
-    inflated, unused = inflate_state_dict(state_dict_2d, tokenizer)
-    assert unused == ["quant_conv.weight", "encoder.down.3.attn.0.q.weight"]
+    inflated, unused, reinitialized = inflate_state_dict(state_dict_2d, tokenizer)
+    assert unused == ["quant_conv.weight", "encoder.down.3.attn.0.q.weight"] and reinitialized == []
     missing, unexpected = tokenizer.load_state_dict(inflated, strict=False)
     assert missing == ["decoder.conv_out.conv.bias"] and unexpected == []
 
@@ -161,7 +329,9 @@ def test_unknown_2d_keys_are_reported():
     ("key", "shape"),
     [
         ("encoder.down.1.block.0.conv1.weight", (32, 8, 3, 3)),  # a wider level
-        ("encoder.conv_out.weight", (32, 16, 3, 3)),  # 32 latent bits, ours has 6
+        ("encoder.conv_out.weight", (6, 32, 3, 3)),  # a wider last level feeds the latent layer
+        ("encoder.conv_out.weight", (32, 32, 3, 3)),  # a wider level and another latent width
+        ("decoder.conv_in.weight", (32, 6, 3, 3)),
         ("encoder.mid.attn_1.norm.weight", (32,)),
     ],
 )

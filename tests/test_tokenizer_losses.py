@@ -91,15 +91,65 @@ def test_entropy_penalty_prefers_confident_balanced_bits():
     unconfident = confident_balanced * 1e-4
     confident_collapsed = confident_balanced.abs()
 
-    penalty = bit_entropy_penalty(confident_balanced)
-    assert penalty.item() == pytest.approx(-BITS * math.log(2), abs=1e-3), "certain bits, each set in half the tokens"
-    assert bit_entropy_penalty(unconfident).item() == pytest.approx(0.0, abs=1e-3), "H(token) = H(usage) = d ln 2"
-    assert bit_entropy_penalty(confident_collapsed).item() == pytest.approx(0.0, abs=1e-3), "one code for all"
+    for normalize in (True, False):
+        penalty = bit_entropy_penalty(confident_balanced, normalize=normalize)
+        # certain bits, each set in half the tokens
+        assert penalty.item() == pytest.approx(-BITS * math.log(2), abs=1e-3)
+        collapsed = bit_entropy_penalty(confident_collapsed, normalize=normalize)
+        assert collapsed.item() == pytest.approx(0.0, abs=1e-3), "one code for all"
+    # unnormalized, small latents are unsure bits: H(token) = H(usage) = d ln 2; normalized, scale does not count
+    assert bit_entropy_penalty(unconfident, normalize=False).item() == pytest.approx(0.0, abs=1e-3)
+    assert bit_entropy_penalty(unconfident).item() == pytest.approx(-BITS * math.log(2), abs=1e-3)
 
     # saturated sigmoids still give finite values and gradients
-    latents = (confident_balanced * 100).requires_grad_()
-    bit_entropy_penalty(latents).backward()
-    assert torch.isfinite(latents.grad).all()
+    for normalize in (True, False):
+        latents = (confident_balanced * 100).requires_grad_()
+        bit_entropy_penalty(latents, normalize=normalize).backward()
+        assert torch.isfinite(latents.grad).all()
+
+
+def test_normalized_entropy_penalty_ignores_the_latents_scale():
+    latents = torch.randn(2, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    scales = (0.01, 0.1, 1.0, 10.0)
+    normalized = [bit_entropy_penalty(latents * s).item() for s in scales]
+    assert max(normalized) - min(normalized) < 1e-5, normalized
+    raw = [bit_entropy_penalty(latents * s, normalize=False).item() for s in scales]
+    assert raw[0] > raw[1] > raw[2] > raw[3], "unnormalized, growing latents alone lower the penalty"
+    assert raw[0] - raw[-1] > 5
+
+
+def test_entropy_penalty_by_hand():
+    # d = 2; two tokens (3, 4) and (0, -2), the first of two positions; inverse temperature 1, gamma 0.5
+    latents = torch.tensor([[3.0, 0.0], [4.0, -2.0]]).reshape(1, 2, 1, 1, 2)
+
+    def sigmoid(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
+    def binary_entropy(p: float) -> float:
+        return -(p * math.log(p) + (1 - p) * math.log(1 - p))
+
+    def penalty(tokens: list[tuple[float, float]]) -> float:
+        probs = [[sigmoid(4 / math.sqrt(2) * u) for u in token] for token in tokens]
+        token_entropy = sum(sum(binary_entropy(p) for p in token) for token in probs) / len(probs)
+        usage_entropy = sum(binary_entropy((probs[0][i] + probs[1][i]) / 2) for i in range(2))
+        return token_entropy - 0.5 * usage_entropy
+
+    normalized = penalty([(3 / 5, 4 / 5), (0.0, -1.0)])  # each token over its length: 5 and 2
+    raw = penalty([(3.0, 4.0), (0.0, -2.0)])
+    assert bit_entropy_penalty(latents, gamma=0.5, inv_temperature=1.0).item() == pytest.approx(normalized, rel=1e-5)
+    got_raw = bit_entropy_penalty(latents, gamma=0.5, inv_temperature=1.0, normalize=False).item()
+    assert got_raw == pytest.approx(raw, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalize", (True, False))
+def test_tokenizer_loss_passes_entropy_normalize(normalize):
+    latents = torch.randn(1, BITS, 2, 2, 2, generator=torch.Generator().manual_seed(0)) * 0.01
+    video = random_video(num_frames=1)
+    loss_fn = TokenizerLoss(entropy_normalize=normalize, gan_weight=0.0)
+    _, parts = loss_fn(video, video, latents, torch.zeros(()), step=0)
+    expected = bit_entropy_penalty(latents, normalize=normalize)
+    assert parts["entropy"].item() == pytest.approx(expected.item())
+    assert TokenizerLoss().entropy_normalize, "Infinity's normalization is the default"
 
 
 @pytest.mark.parametrize(

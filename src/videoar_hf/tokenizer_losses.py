@@ -53,14 +53,15 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def bit_entropy_penalty(
-    latents_BdTHW: torch.Tensor, gamma: float = 1.0, inv_temperature: float = 100.0
+    latents_BdTHW: torch.Tensor, gamma: float = 1.0, inv_temperature: float = 100.0, normalize: bool = True
 ) -> torch.Tensor:
     r"""BSQ's entropy penalty (Zhao et al. 2024, as in Infinity): each token's bits confident, all codes used evenly.
 
-    A token is the d latent channels `v` at one position of one latent frame. Soft BSQ assigns it the code
-    `c in {-1, 1}^d / sqrt(d)` with probability proportional to `exp(-inv_temperature * ||v - c||^2)`, which factorizes
-    into independent bits: `p_i = P(bit i = 1 | v) = sigmoid(4 * inv_temperature * v_i / sqrt(d))`. With `H` the
-    binary entropy in nats and the mean over the batch's tokens,
+    A token is the d latent channels `v` at one position of one latent frame. With `normalize` (Infinity's BSQ) `v`
+    is first scaled to unit length, `u = v / ||v||`; without it `u = v`. Soft BSQ assigns the token the code
+    `c in {-1, 1}^d / sqrt(d)` with probability proportional to `exp(-inv_temperature * ||u - c||^2)`, which
+    factorizes into independent bits: `p_i = P(bit i = 1 | v) = sigmoid(4 * inv_temperature * u_i / sqrt(d))`. With
+    `H` the binary entropy in nats and the mean over the batch's tokens,
 
         penalty = mean_tokens sum_i H(p_i) - gamma * sum_i H(mean_tokens p_i)
 
@@ -69,10 +70,19 @@ def bit_entropy_penalty(
     joint entropy, equal to it when the bits are independent across the batch. The penalty lies in
     `[-gamma * d * ln 2, d * ln 2]`. Under data parallelism "the batch" is the global one: the average code is
     averaged over the processes too, so N processes train as one does.
+
+    The codes lie on the unit sphere, so only a normalized `u` makes `inv_temperature` a fixed sharpness: then the
+    penalty depends on the latents' directions alone, not on their scale. `normalize=False` is this project's
+    earlier behaviour, where the penalty falls as the latents merely grow (every bit looks surer) without any code
+    changing. Infinity applies the penalty to every scale's residual and averages over scales; here it sees the
+    latents once, on the finest grid.
     """
     d = latents_BdTHW.shape[1]
     # in fp32: in bf16 the clamp below would round back to 0 or 1
-    p_BdTHW = torch.sigmoid(4 * inv_temperature / math.sqrt(d) * latents_BdTHW.float())
+    u_BdTHW = latents_BdTHW.float()
+    if normalize:
+        u_BdTHW = F.normalize(u_BdTHW, dim=1)
+    p_BdTHW = torch.sigmoid(4 * inv_temperature / math.sqrt(d) * u_BdTHW)
     token_entropy = _binary_entropy(p_BdTHW).sum(dim=1).mean()
     usage_entropy = _binary_entropy(mean_over_processes(p_BdTHW.mean(dim=(0, 2, 3, 4)))).sum()
     return token_entropy - gamma * usage_entropy
@@ -182,6 +192,9 @@ class TokenizerLoss(nn.Module):
         entropy_weight (`float`, defaults to 0.01), entropy_gamma (`float`, defaults to 1.0),
             entropy_inv_temperature (`float`, defaults to 100.0): Infinity's BSQ, which adds the penalty divided by
             its inverse temperature 100.
+        entropy_normalize (`bool`, defaults to True): unit-normalize each token's latent vector before the soft
+            quantization of the entropy penalty, as Infinity's BSQ does; False is the earlier, scale-dependent
+            penalty (see `bit_entropy_penalty`).
         gan_weight (`float`, defaults to 0.1): MAGVIT-v2's generator weight.
         lecam_weight (`float`, defaults to 0.001), lecam_decay (`float`, defaults to 0.999): MAGVIT-v2's.
         gan_start_step (`int`, defaults to 0): the first step with GAN terms; a later one lets the autoencoder warm up.
@@ -211,6 +224,7 @@ class TokenizerLoss(nn.Module):
         entropy_weight: float = 0.01,
         entropy_gamma: float = 1.0,
         entropy_inv_temperature: float = 100.0,
+        entropy_normalize: bool = True,
         gan_weight: float = 0.1,
         lecam_weight: float = 0.001,
         lecam_decay: float = 0.999,
@@ -231,6 +245,7 @@ class TokenizerLoss(nn.Module):
         self.perceptual = perceptual
         self.entropy_gamma = entropy_gamma
         self.entropy_inv_temperature = entropy_inv_temperature
+        self.entropy_normalize = entropy_normalize
         self.lecam = LeCAMRegularizer(lecam_decay)
         self.gan_start_step = gan_start_step
 
@@ -257,7 +272,9 @@ class TokenizerLoss(nn.Module):
             "l1": l1,
             "l2": l2,
             "commitment": commitment_loss,
-            "entropy": bit_entropy_penalty(latents, self.entropy_gamma, self.entropy_inv_temperature),
+            "entropy": bit_entropy_penalty(
+                latents, self.entropy_gamma, self.entropy_inv_temperature, self.entropy_normalize
+            ),
             "gan": self._generator_gan_loss(reconstruction, step, discriminator),
         }
         if self.perceptual is not None:
