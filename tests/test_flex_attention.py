@@ -20,7 +20,7 @@ def make_model(implementation: str, **overrides) -> VideoARTransformer:
     return model
 
 
-def clip_rule(num_frames=4, grid=8, text=(6, 3), frame_keep=None) -> BlockCausalRule:
+def clip_rule(num_frames=4, grid=8, text=(6, 3), frame_keep=None, causal_text=False) -> BlockCausalRule:
     """A teacher-forced rule over two samples whose prompts have `text` tokens, padded to the longer."""
     sizes = get_scale_sizes([1, 2, 4, 8], grid, grid)
     coords = TokenLayout(num_frames, tuple(sizes)).token_coords()
@@ -30,13 +30,14 @@ def clip_rule(num_frames=4, grid=8, text=(6, 3), frame_keep=None) -> BlockCausal
     valid = torch.ones(len(text), len(blocks), dtype=torch.bool)
     for b, length in enumerate(text):
         valid[b, length : max(text)] = False
-    return BlockCausalRule(blocks, frames, blocks, frames, valid, frame_keep)
+    return BlockCausalRule(blocks, frames, blocks, frames, valid, frame_keep, causal_text)
 
 
 def cached_step_rule(rule: BlockCausalRule, start: int, stop: int) -> BlockCausalRule:
     """The rule of a cached step: queries `start..stop`, keys everything before `stop`."""
     return BlockCausalRule(rule.query_blocks_N[start:stop], rule.query_frames_N[start:stop], rule.key_blocks_M[:stop],
-                           rule.key_frames_M[:stop], rule.key_valid_BM[:, :stop], rule.frame_keep_BTT)  # fmt: skip
+                           rule.key_frames_M[:stop], rule.key_valid_BM[:, :stop], rule.frame_keep_BTT,
+                           rule.causal_text)  # fmt: skip
 
 
 def random_keep() -> torch.Tensor:
@@ -47,6 +48,9 @@ RULES = {
     "padded text": lambda: clip_rule(),
     "frame keep table": lambda: clip_rule(frame_keep=random_keep()),
     "cached step": lambda: cached_step_rule(clip_rule(), 6 + 3 * 85 + 21, 6 + 4 * 85),  # frame 3, finest scale
+    "causal text": lambda: clip_rule(causal_text=True, frame_keep=random_keep()),
+    "causal text, first cached step": lambda: cached_step_rule(clip_rule(causal_text=True), 0, 6 + 1),
+    "causal text, cached step": lambda: cached_step_rule(clip_rule(causal_text=True), 6 + 2 * 85 + 5, 6 + 2 * 85 + 21),
 }
 
 
@@ -67,7 +71,8 @@ def test_block_mask_is_the_dense_mask(name, block_size):
     tiles = block_mask.to_dense().repeat_interleave(block_size, 2).repeat_interleave(block_size, 3)[:, :, :N, :M]
     assert torch.equal(tiles.bool() & create_mask(block_mask.mask_mod, B, 1, N, M, device="cpu"), dense)
     assert torch.equal(dense, block_causal_mask(rule.query_blocks_N, rule.query_frames_N, rule.key_blocks_M,
-                                                rule.key_frames_M, rule.key_valid_BM, rule.frame_keep_BTT))  # fmt: skip
+                                                rule.key_frames_M, rule.key_valid_BM, rule.frame_keep_BTT,
+                                                rule.causal_text))  # fmt: skip
 
 
 def test_dense_additive_mask_is_built_in_place_and_aligned():
@@ -76,6 +81,16 @@ def test_dense_additive_mask_is_built_in_place_and_aligned():
     torch.testing.assert_close(additive, to_additive_mask(rule.dense(), torch.float32), atol=0, rtol=0)
     assert additive.stride(-2) % 16 == 0, "rows aligned: SDPA's memory-efficient kernel would copy the mask"
     assert additive[0, 0, 0, 0] == 0 and additive[1, 0, 0, 4] == torch.finfo(torch.float32).min  # padding hidden
+
+
+def test_causal_and_bidirectional_text_masks_are_cached_apart():
+    model = make_model("flex_attention")
+    causal, bidirectional = clip_rule(causal_text=True), clip_rule(causal_text=False)
+    assert causal.fingerprint() != bidirectional.fingerprint()
+    model.block_mask_cache.clear()
+    model.block_mask_cache.get(causal)
+    model.block_mask_cache.get(bidirectional)
+    assert len(model.block_mask_cache) == 2 and model.block_mask_cache.misses == 2
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +109,12 @@ def test_flex_equals_sdpa_teacher_forced(models, window):
     torch.testing.assert_close(logits["flex_attention"], logits["sdpa"], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("window", [None, 1])
-def test_flex_equals_sdpa_in_cached_sampling(window):
+@pytest.mark.parametrize("window, text_attention", [(None, "causal"), (1, "causal"), (None, "bidirectional")])
+def test_flex_equals_sdpa_in_cached_sampling(window, text_attention):
     pyramid, text, mask = make_clip()
     logits = {}
     for implementation in ("sdpa", "flex_attention"):
-        model = make_model(implementation, frame_mask_window=window)
+        model = make_model(implementation, frame_mask_window=window, text_attention=text_attention)
         with torch.no_grad():
             logits[implementation] = run_cached(model, pyramid, text, mask)
             if implementation == "flex_attention":

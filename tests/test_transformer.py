@@ -29,15 +29,16 @@ def make_clip(batch=2, frames=3, bits=8, grid=4, seed=0):
     return pyramid, text, mask
 
 
-def run_cached(model, pyramid, text, mask):
-    """Sample-time path: one cached pass per (frame, scale) block, fed the teacher-forced inputs."""
+def run_cached(model, pyramid, text, mask, **prefix):
+    """Sample-time path: one cached pass per (frame, scale) block, fed the teacher-forced inputs. `prefix`:
+    `class_labels=` for a class-conditional model (then `text` and `mask` are None)."""
     B, T = pyramid.scale_inputs[0].shape[:2]
     cache = model.init_cache(*pyramid.scale_inputs[-1].shape[2:4])
     logits = []
     for t in range(T):
         for k in range(len(SCHEDULE)):
             x = None if (t, k) == (0, 0) else pyramid.scale_inputs[k][:, t]
-            logits.append(model(x, text, mask, cache=cache).logits)
+            logits.append(model(x, text, mask, cache=cache, **prefix).logits)
     return torch.cat(logits, dim=1)
 
 
@@ -95,9 +96,10 @@ def test_frame_window():
     assert frame_window_keep(1, 5, None) is None
 
 
-@pytest.mark.parametrize("spatial_positions", ["raw", "finest"])
-def test_cached_steps_equal_teacher_forcing(spatial_positions):
-    model = make_model(rope_spatial_positions=spatial_positions)
+@pytest.mark.parametrize("spatial_positions", ["raw", "finest", "centre"])
+@pytest.mark.parametrize("text_attention", ["causal", "bidirectional"])
+def test_cached_steps_equal_teacher_forcing(spatial_positions, text_attention):
+    model = make_model(rope_spatial_positions=spatial_positions, text_attention=text_attention)
     pyramid, text, mask = make_clip()
     with torch.no_grad():
         teacher_forced = model(pyramid.scale_inputs, text, mask).logits
@@ -139,8 +141,9 @@ def test_padded_batch_equals_each_prompt_alone():
             torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
-def test_loss_is_bitwise_cross_entropy_and_falls_when_training():
-    model = make_model(frame_mask_prob=0.0).train()
+@pytest.mark.parametrize("weighting", ["infinity", "uniform"])
+def test_loss_is_bitwise_cross_entropy_and_falls_when_training(weighting):
+    model = make_model(frame_mask_prob=0.0, loss_scale_weighting=weighting).train()
     pyramid, text, mask = make_clip()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
@@ -150,9 +153,12 @@ def test_loss_is_bitwise_cross_entropy_and_falls_when_training():
         out.loss.backward()
         optimizer.step()
         losses.append(out.loss.item())
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        out.logits, torch.cat([b.reshape(2, 3, -1, 8) for b in pyramid.bits], 2).reshape(2, -1, 8).float()
-    )
+    labels = torch.cat([b.reshape(2, 3, -1, 8) for b in pyramid.bits], 2).reshape(2, -1, 8).float()
+    per_token = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels, reduction="none").mean(-1)
+    # scales 1x1, 2x2, 4x4 of a 4x4 grid, 3 frames: Infinity weighs a token sqrt(16 / (h w)) = 4, 2, 1
+    per_scale = {"infinity": [4.0, 2.0, 1.0], "uniform": [1.0, 1.0, 1.0]}[weighting]
+    weights = torch.tensor([per_scale[0]] * 1 + [per_scale[1]] * 4 + [per_scale[2]] * 16).repeat(3)
+    expected = (per_token * weights / weights.sum()).sum(-1).mean()
     torch.testing.assert_close(out.loss, expected)
     assert losses[-1] < 0.75 * losses[0]
 

@@ -1,7 +1,8 @@
 """The block-wise causal mask over `[text][frame 0: scales 1..K][frame 1: scales 1..K]...` (docs/method.md §3).
 
 A token sees the valid text tokens, every block of earlier frames, and the blocks of its own frame up to its own
-scale (full attention inside a block). Text tokens see the text only. One rule, `BlockCausalRule.__call__`, decides
+scale (full attention inside a block). Text tokens see the text only: all of it, or, with `causal_text`
+(`text_attention="causal"`), the text tokens up to their own. One rule, `BlockCausalRule.__call__`, decides
 each (query, key) pair: it is flex attention's `mask_mod`, and it is evaluated on index grids to build the dense
 mask that SDPA and eager attention take. The teacher-forced forward and every cached sampling step use it, so no
 two paths can disagree.
@@ -24,6 +25,9 @@ class BlockCausalRule:
 
     Blocks are numbered `t * K + k` for video and `TEXT_BLOCK` for text; `key_valid_BM` is False on text padding.
     `frame_keep_BTT[b, t, s]` says whether frame t may see the earlier frame s (Random Frame Mask and its window).
+    `causal_text`: a text query sees the text keys up to its own index only. The text is the prefix of both tables
+    whenever text queries exist (teacher forcing, a cache's first block), so a text token's index in either table is
+    its place in the prompt.
     """
 
     query_blocks_N: torch.Tensor
@@ -32,6 +36,7 @@ class BlockCausalRule:
     key_frames_M: torch.Tensor
     key_valid_BM: torch.Tensor
     frame_keep_BTT: torch.Tensor | None = None
+    causal_text: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -44,6 +49,8 @@ class BlockCausalRule:
         q_block, q_frame = self.query_blocks_N[q], self.query_frames_N[q]
         k_block, k_frame = self.key_blocks_M[k], self.key_frames_M[k]
         visible = (k_block <= q_block) & self.key_valid_BM[b, k]
+        if self.causal_text:
+            visible = visible & ((q_block != TEXT_BLOCK) | (k <= q))
         if self.frame_keep_BTT is None:
             return visible
         keep = self.frame_keep_BTT[b, q_frame.clamp(min=0), k_frame.clamp(min=0)]
@@ -138,6 +145,7 @@ class BlockCausalRule:
     def fingerprint(self) -> tuple:
         """A key equal for two rules exactly when their tables are: the `BlockMaskCache` key."""
         digest = hashlib.blake2b(digest_size=16)
+        digest.update(b"causal text" if self.causal_text else b"bidirectional text")
         for table in (self.query_blocks_N, self.query_frames_N, self.key_blocks_M, self.key_frames_M,
                       self.key_valid_BM, self.frame_keep_BTT):  # fmt: skip
             if table is None:
@@ -199,10 +207,11 @@ def block_causal_mask(
     key_frames_M: torch.Tensor,
     key_valid_BM: torch.Tensor,
     frame_keep_BTT: torch.Tensor | None = None,
+    causal_text: bool = False,
 ) -> torch.Tensor:
     """Boolean mask `(B, 1, N, M)`, True where a query may attend to a key (`BlockCausalRule`, densely)."""
     return BlockCausalRule(
-        query_blocks_N, query_frames_N, key_blocks_M, key_frames_M, key_valid_BM, frame_keep_BTT
+        query_blocks_N, query_frames_N, key_blocks_M, key_frames_M, key_valid_BM, frame_keep_BTT, causal_text
     ).dense()
 
 

@@ -11,7 +11,8 @@ class VideoARCache(Cache):
     what the block-causal mask needs to know about each cached token.
 
     The cache also counts the blocks it holds, so `VideoARTransformer.forward(..., cache=cache)` always runs the next
-    (frame, scale) in order. A fresh cache is empty; the first call writes the text prefix and the first block together.
+    (frame, scale) in order. A fresh cache is empty; the first call writes the prefix (text, or a class-conditional model's
+    class token) and the first block together.
     """
 
     def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]]):
@@ -21,7 +22,7 @@ class VideoARCache(Cache):
         self.token_blocks: torch.Tensor | None = None  # (M,) block index, TEXT_BLOCK for text
         self.token_frames: torch.Tensor | None = None  # (M,)
         self.token_valid: torch.Tensor | None = None  # (B, M), False on text padding
-        self.text_lengths: torch.Tensor | None = None  # (B,) unpadded text length of each sample
+        self.text_lengths: torch.Tensor | None = None  # (B,) real prefix tokens of each sample: video positions follow
 
     @property
     def is_empty(self) -> bool:
@@ -33,7 +34,7 @@ class VideoARCache(Cache):
         return divmod(self.num_blocks, len(self.scale_sizes))
 
     def append_tokens(self, blocks_N: torch.Tensor, frames_N: torch.Tensor, valid_BN: torch.Tensor) -> None:
-        """Record the tokens of one block (text prefix included on the first); counts as one block."""
+        """Record the tokens of one block (the prefix included on the first); counts as one block."""
         self.num_blocks += 1
         if self.is_empty:
             self.token_blocks, self.token_frames, self.token_valid = blocks_N, frames_N, valid_BN

@@ -19,18 +19,38 @@ class VideoARConfig(PreTrainedConfig):
         rms_norm_eps, initializer_range, attention_dropout: as in LLaMA.
         latent_bits: bits per token, `d` (docs/method.md §2: 48). Must equal the tokenizer's `latent_channels`.
         scale_schedule: square-grid side lengths, coarse to fine; must equal the tokenizer's. See `get_scale_sizes`.
-        text_hidden_size: width of the text encoder's hidden states, projected to `hidden_size` as the prefix.
+        text_hidden_size: width of the text encoder's hidden states, projected to `hidden_size` as the prefix. Unused
+            by a class-conditional model (`num_classes`), which builds no text projection.
+        text_attention: how the text prefix attends to itself. `"causal"`: text token i sees text tokens <= i, as the
+            causal layers of the paper's Figure 2 draw it; `"bidirectional"`: every text token sees the whole prompt.
+            Video tokens see the whole prompt either way. A config saved before this field existed loads as
+            `"bidirectional"`, what it was trained with. *(§3)*
+        num_classes: `None` for a text-to-video model; an integer makes a class-conditional model (the paper's UCF-101
+            model, docs/method.md §1): one learned class token is the prefix, class ids `0..num_classes - 1`, and id
+            `num_classes` is the null class of classifier-free guidance. `id2label` / `label2id` name the classes as
+            for transformers' classifiers (`LABEL_i` when not given) and must hold `num_classes` entries.
+        max_latent_frames: the longest video, in latent frames, the model saw in training; the pipeline re-encodes the
+            video's tail past it (docs/method.md §8). `None`: no limit known. *(our choice, §8)*
         rope_theta: RoPE base.
         rope_axes_dim: head dimensions given to the (time, height, width) axes of Multi-scale Temporal RoPE; must be
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.
         rope_spatial_positions: `"raw"` uses each scale's own grid indices (the paper's figure); `"finest"` rescales
-            them onto the finest grid (Infinity's practice). *(our choice, §4)*
+            them onto the finest grid and rounds to whole cells, `round(i * H / h)` with ties to even (Infinity's
+            `rope2d_normalized_by_hw=2`); `"centre"` puts each coarse cell at its centre in finest-grid coordinates,
+            `(i + 0.5) * H / h - 0.5` (ERNIE 5.0's reading). The paper does not say which; its figure draws `"raw"`.
+            *(our choice, §4)*
         error_correction: train with Cross-Frame Error Correction (docs/method.md §5). Training only.
         flip_rate_min, flip_rate_max, flip_rate_delta: frame t flips bits with `p ~ U(min + delta*t, max + delta*t)`
             (§5: 0, 0.25, 0.01).
         flip_rate_inheritance: the first scale of frame t draws `p ~ U(p_prev_last, max + delta*t)` (§5).
         frame_mask_prob: Random Frame Mask drop probability of each past frame during training *(our choice, §6)*.
         frame_mask_window: number of past latent frames a frame may attend to; `None` is unlimited *(our choice, §6)*.
+        loss_scale_weighting: how the bitwise cross-entropy weighs the scales. `"uniform"`: the mean over every token
+            and bit, so the finest scale dominates (49 % of the loss with the 8x8 schedule 1, 2, 3, 4, 6, 8);
+            `"infinity"`: Infinity's `reweight_loss_by_scale`, a token of scale k weighs `sqrt(H_K W_K / (h_k w_k))`,
+            the weights normalised to sum to one per sample like the mean's (the finest scale 33 %, the 1x1 one 4.2 %
+            instead of 0.8 %). The paper does not say; it follows Infinity's training elsewhere (§5). A config saved
+            before this field existed loads as `"uniform"`, what it was trained with. *(our choice, §3)*
     """
 
     model_type = "videoar"
@@ -48,6 +68,9 @@ class VideoARConfig(PreTrainedConfig):
     rope_theta: float = 10000.0
     rope_axes_dim: list[int] | tuple[int, ...] | None = None
     rope_spatial_positions: str = "raw"
+    text_attention: str = "causal"
+    num_classes: int | None = None
+    max_latent_frames: int | None = None
     error_correction: bool = True
     flip_rate_min: float = 0.0
     flip_rate_max: float = 0.25
@@ -55,9 +78,14 @@ class VideoARConfig(PreTrainedConfig):
     flip_rate_inheritance: bool = True
     frame_mask_prob: float = 0.1
     frame_mask_window: int | None = None
+    loss_scale_weighting: str = "infinity"
 
     def __post_init__(self, **kwargs):
         self.scale_schedule = list(self.scale_schedule)
+        if self.num_classes is not None and self.id2label is None:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_classes)}
+        if self.num_classes is not None and self.label2id is None:
+            self.label2id = {label: int(i) for i, label in self.id2label.items()}
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.rope_axes_dim is None:
@@ -94,8 +122,9 @@ class VideoARConfig(PreTrainedConfig):
             raise ValueError(
                 f"`rope_axes_dim` {self.rope_axes_dim} must sum to the head dimension {self.head_dim}."
             )
-        if self.rope_spatial_positions not in ("raw", "finest"):
-            raise ValueError(f"`rope_spatial_positions` must be 'raw' or 'finest', got {self.rope_spatial_positions!r}.")
+        for field, allowed in CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"`{field}` must be one of {allowed}, got {getattr(self, field)!r}.")
         validate_scale_schedule(self.scale_schedule)
         if not 0 <= self.flip_rate_min <= self.flip_rate_max <= 1:
             raise ValueError(
@@ -105,6 +134,34 @@ class VideoARConfig(PreTrainedConfig):
             raise ValueError(f"`frame_mask_prob` must be in [0, 1), got {self.frame_mask_prob}.")
         if self.frame_mask_window is not None and self.frame_mask_window < 1:
             raise ValueError(f"`frame_mask_window` must be None or >= 1, got {self.frame_mask_window}.")
+        for field in ("num_classes", "max_latent_frames"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"`{field}` must be None or a positive integer, got {value!r}.")
+        if self.num_classes is not None and sorted(self.id2label) != list(range(self.num_classes)):
+            raise ValueError(
+                f"`id2label` must name the classes 0..{self.num_classes - 1} of `num_classes={self.num_classes}`, got "
+                f"ids {sorted(self.id2label)}."
+            )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "VideoARConfig":
+        """transformers' `from_dict`; a saved config that predates a field whose default has since changed gets the
+        value it was trained with (`SAVED_BEFORE_THE_FIELD`), so an older model behaves as it did."""
+        config_dict = dict(config_dict)
+        for field, value in SAVED_BEFORE_THE_FIELD.items():
+            if field not in config_dict and field not in kwargs:
+                config_dict[field] = value
+        return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def is_class_conditional(self) -> bool:
+        return self.num_classes is not None
+
+    @property
+    def null_class_id(self) -> int | None:
+        """The class id of classifier-free guidance's unconditional branch (`num_classes`); `None` for a text model."""
+        return self.num_classes
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VideoARConfig":
@@ -113,6 +170,15 @@ class VideoARConfig(PreTrainedConfig):
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(VIDEOAR_PRESETS)}.")
         return cls(**{**VIDEOAR_PRESETS[name], **overrides})
 
+
+CHOICES = {
+    "rope_spatial_positions": ("raw", "finest", "centre"),
+    "text_attention": ("causal", "bidirectional"),
+    "loss_scale_weighting": ("infinity", "uniform"),
+}
+
+# fields whose default differs from what configs saved before the field existed were trained with
+SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}
 
 # docs/method.md §3: L = 926M, XL = 2.0B, 4B; with `intermediate_size = 4 * hidden_size` the counts match.
 VIDEOAR_PRESETS = {

@@ -20,18 +20,37 @@ from .configuration_videoar import VideoARConfig
 from .diffusers_memory import DiffusersMemoryMixin
 from .pipeline_folder import safetensors_only
 from .quantizer import pack_scales
-from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, text_position_ids, video_position_ids
+from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, prefix_position_ids, video_position_ids
 from .scale_schedule import TokenLayout, get_scale_sizes
+
+
+def scale_loss_weights(layout: TokenLayout, weighting: str) -> torch.Tensor:
+    """`(N,)` weight of each video token in the loss, summing to 1 (`config.loss_scale_weighting`).
+
+    `"uniform"`: `1 / N`, the plain mean. `"infinity"`: Infinity's `reweight_loss_by_scale`, a token of a scale of
+    `h_k x w_k` cells weighs `sqrt(H_K W_K / (h_k w_k))` (the finest scale's area over its own), then all are divided
+    by their sum. Every frame has the same scales, so each frame carries the same share."""
+    finest = layout.scale_sizes[-1][0] * layout.scale_sizes[-1][1]
+    if weighting == "uniform":
+        per_scale = [1.0] * layout.num_scales
+    elif weighting == "infinity":
+        per_scale = [(finest / (h * w)) ** 0.5 for h, w in layout.scale_sizes]
+    else:
+        raise ValueError(f"Unknown `loss_scale_weighting` {weighting!r}; use 'uniform' or 'infinity'.")
+    weights_N = torch.cat([torch.full((h * w,), weight, dtype=torch.float64)
+                           for weight, (h, w) in zip(per_scale, layout.scale_sizes)]).repeat(layout.num_frames)  # fmt: skip
+    return (weights_N / weights_N.sum()).float()
 
 
 @dataclass
 class VideoARTransformerOutput(ModelOutput):
     """
-    loss: mean bitwise binary cross-entropy over every token and bit, when `labels` are given.
+    loss: bitwise binary cross-entropy, when `labels` are given: the mean over the bits of each token, over the tokens
+        weighted by scale as `config.loss_scale_weighting` says (`scale_loss_weights`), and the mean over samples.
     logits: `(B, N, d)` one logit per bit of every video token of this pass, in sequence order (frame, scale, row,
         column); in a cached pass, the `h_k * w_k` tokens of its block.
-    last_hidden_state: `(B, L + N, hidden_size)` the final-norm states of this pass, text prefix included (a cached pass
-        holds the text only on its first call).
+    last_hidden_state: `(B, L + N, hidden_size)` the final-norm states of this pass, prefix included (a cached pass
+        holds the prefix only on its first call).
     cache: the `VideoARCache` a cached pass ran with, updated; `None` in a teacher-forced pass.
     hidden_states, attentions: per layer, with `output_hidden_states` / `output_attentions` (eager attention).
     """
@@ -172,7 +191,11 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
 
 
 class VideoARTransformer(VideoARPreTrainedModel):
-    """Decoder over `[text prefix][frame 0: scales 1..K][frame 1: scales 1..K]...`.
+    """Decoder over `[prefix][frame 0: scales 1..K][frame 1: scales 1..K]...`.
+
+    The prefix is the prompt's text encoder states (a text-to-video model), or one learned class token when the config
+    has `num_classes` (a class-conditional model: `class_labels` in place of `text_hidden_states`; class id
+    `num_classes` is the null class of classifier-free guidance; no text projection is built).
 
     `forward` runs in one of two modes, both through the module's `__call__` (so hooks, offloading and
     `torch.compile` see every pass):
@@ -194,8 +217,11 @@ class VideoARTransformer(VideoARPreTrainedModel):
 
     def __init__(self, config: VideoARConfig):
         super().__init__(config)
-        self.text_norm = VideoARRMSNorm(config.text_hidden_size, config.rms_norm_eps)
-        self.text_proj = nn.Linear(config.text_hidden_size, config.hidden_size)
+        if config.is_class_conditional:
+            self.class_embed = nn.Embedding(config.num_classes + 1, config.hidden_size)  # last row: the null class
+        else:
+            self.text_norm = VideoARRMSNorm(config.text_hidden_size, config.rms_norm_eps)
+            self.text_proj = nn.Linear(config.text_hidden_size, config.hidden_size)
         self.input_proj = nn.Linear(config.latent_bits, config.hidden_size)
         self.start_token = nn.Parameter(torch.zeros(config.hidden_size))
         self.scale_embed = nn.Embedding(len(config.scale_schedule), config.hidden_size)
@@ -230,6 +256,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
         frame_keep: torch.Tensor | None = None,
         latent_size: tuple[int, int] | None = None,
         cache: VideoARCache | None = None,
+        class_labels: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> VideoARTransformerOutput:
         """Teacher-forced over a whole clip, or one cached block.
@@ -239,29 +266,34 @@ class VideoARTransformer(VideoARPreTrainedModel):
                 `ResidualQuantization.scale_inputs`, or all of them packed `(B, N, d)` in sequence order
                 (`pack_scales`). Cached: the block's input `(B, h_k, w_k, d)` or `(B, h_k * w_k, d)`; `None` for the
                 first block, which is the start token.
-            text_hidden_states: `(B, L, text_hidden_size)` text encoder states (a cached pass needs them on its first
-                call only).
-            text_attention_mask: `(B, L)`, 1 on real tokens and 0 on padding (right padding).
-            labels: target bits, per scale `(B, T, h_k, w_k, d)` or packed `(B, N, d)`; gives `loss`.
+            text_hidden_states: `(B, L, text_hidden_size)` text encoder states of a text-to-video model (a cached
+                pass needs them on its first call only).
+            text_attention_mask: `(B, L)`, 1 on real tokens and 0 on padding, on either side: text positions count
+                the real tokens, so left and right padding give the same logits.
+            labels: target bits, per scale `(B, T, h_k, w_k, d)` or packed `(B, N, d)`; gives `loss`, weighted over
+                the scales by `config.loss_scale_weighting`.
             frame_keep: `(B, T, T)` frames each frame may attend to. By default: the Random Frame Mask in training
                 (docs/method.md §6), the `frame_mask_window` otherwise.
             latent_size: `(h, w)` latent grid of packed inputs; needed for a non-square grid (a square one is inferred
                 as the largest schedule side whose tokens per frame divide `N`).
             cache: a `VideoARCache` (`init_cache(h, w)` makes an empty one): run its next (frame, scale) block and
                 append that block to it.
+            class_labels: `(B,)` class ids of a class-conditional model (`config.num_classes`), in place of
+                `text_hidden_states`; `num_classes` is the null class (classifier-free guidance). A cached pass needs
+                them on its first call only.
         """
         if cache is not None and not isinstance(cache, VideoARCache):
             raise ValueError(f"`cache` must be a `VideoARCache` (`init_cache`), got {type(cache).__name__}.")
+        self._check_conditioning(text_hidden_states, class_labels)
         if cache is not None:
-            return self._forward_cached_block(cache, scale_inputs, text_hidden_states, text_attention_mask)
+            return self._forward_cached_block(cache, scale_inputs, text_hidden_states, text_attention_mask, class_labels)
         return self._forward_teacher_forced(
-            scale_inputs, text_hidden_states, text_attention_mask, labels, frame_keep, latent_size
+            scale_inputs, text_hidden_states, text_attention_mask, class_labels, labels, frame_keep, latent_size
         )
 
-    def _forward_teacher_forced(self, scale_inputs, text_hidden_states, text_attention_mask, labels, frame_keep,
-                                latent_size) -> VideoARTransformerOutput:  # fmt: skip
-        if text_hidden_states is None:
-            raise ValueError("A teacher-forced pass needs `text_hidden_states`.")
+    def _forward_teacher_forced(self, scale_inputs, text_hidden_states, text_attention_mask, class_labels, labels,
+                                frame_keep, latent_size) -> VideoARTransformerOutput:  # fmt: skip
+        prefix_BLC, prefix_valid_BL = self._embed_prefix(text_hidden_states, text_attention_mask, class_labels)
         inputs_BNd, layout = self._pack_inputs(scale_inputs, latent_size)
         B, T = inputs_BNd.shape[0], layout.num_frames
         random_frame_mask = frame_keep is None and self.training and self.config.frame_mask_prob > 0
@@ -274,39 +306,33 @@ class VideoARTransformer(VideoARPreTrainedModel):
         elif frame_keep is None:
             frame_keep = frame_window_keep(B, T, self.config.frame_mask_window, device=self.device)
 
-        text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
         coords_N4 = layout.token_coords().to(self.device)
         video_BNC = self._embed_video(inputs_BNd, coords_N4)
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
-            text_BLC, text_valid_BL, text_valid_BL.sum(-1), video_BNC, coords_N4, layout
+            prefix_BLC, prefix_valid_BL, prefix_valid_BL.sum(-1), video_BNC, coords_N4, layout
         )
-        rule = BlockCausalRule(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep)
+        rule = BlockCausalRule(blocks_N, frames_N, blocks_N, frames_N, valid_BN, frame_keep, self._causal_text)
         hidden_BNC = self._run_layers(hidden_BNC, position_ids_BN3, rule, reusable_mask=not random_frame_mask)
         hidden_BNC = self.norm(hidden_BNC)
-        logits_BNd = self.bit_head(hidden_BNC[:, text_BLC.shape[1] :])
-
-        loss = None
-        if labels is not None:
-            labels_BNd = labels if torch.is_tensor(labels) else pack_scales(labels)
-            loss = F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.float())
+        logits_BNd = self.bit_head(hidden_BNC[:, prefix_BLC.shape[1] :])
+        loss = None if labels is None else self._bitwise_loss(logits_BNd, labels, layout)
         return VideoARTransformerOutput(loss=loss, logits=logits_BNd, last_hidden_state=hidden_BNC)
 
-    def _forward_cached_block(self, cache: VideoARCache, scale_input, text_hidden_states, text_attention_mask):
+    def _forward_cached_block(self, cache: VideoARCache, scale_input, text_hidden_states, text_attention_mask,
+                              class_labels):  # fmt: skip
         frame, scale = cache.next_block
         layout = TokenLayout(frame + 1, tuple(cache.scale_sizes))
         coords_N4 = layout.token_coords(range(frame, frame + 1), range(scale, scale + 1)).to(self.device)
         n = coords_N4.shape[0]
-        if cache.is_empty:
-            if text_hidden_states is None:
-                raise ValueError("The first cached pass needs `text_hidden_states`.")
-            text_BLC, text_valid_BL = self._embed_text(text_hidden_states, text_attention_mask)
-            text_lengths_B = text_valid_BL.sum(-1)
-            scale_input = torch.zeros(text_BLC.shape[0], n, self.config.latent_bits, device=self.device)  # start token
+        if cache.is_empty:  # the prefix rides along with the first block
+            prefix_BLC, prefix_valid_BL = self._embed_prefix(text_hidden_states, text_attention_mask, class_labels)
+            prefix_lengths_B = prefix_valid_BL.sum(-1)
+            scale_input = torch.zeros(prefix_BLC.shape[0], n, self.config.latent_bits, device=self.device)  # start token
         else:
             if scale_input is None:
                 raise ValueError(f"The cached pass for frame {frame}, scale {scale} needs its `scale_inputs`.")
-            text_BLC, text_valid_BL, text_lengths_B = None, None, cache.text_lengths
-        B = text_lengths_B.shape[0]
+            prefix_BLC, prefix_valid_BL, prefix_lengths_B = None, None, cache.text_lengths
+        B = prefix_lengths_B.shape[0]
         if scale_input.shape[0] != B or scale_input[0].numel() != n * self.config.latent_bits:
             h, w = cache.scale_sizes[scale]
             raise ValueError(
@@ -315,7 +341,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
             )
         video_BNC = self._embed_video(scale_input.reshape(B, n, -1), coords_N4)
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
-            text_BLC, text_valid_BL, text_lengths_B, video_BNC, coords_N4, layout
+            prefix_BLC, prefix_valid_BL, prefix_lengths_B, video_BNC, coords_N4, layout
         )
 
         window = self.config.frame_mask_window
@@ -324,10 +350,66 @@ class VideoARTransformer(VideoARPreTrainedModel):
         cache.append_tokens(blocks_N, frames_N, valid_BN)
         frame_keep = frame_window_keep(B, frame + 1, window, device=self.device)
         rule = BlockCausalRule(
-            blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep
+            blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep, self._causal_text
         )
         hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, rule, cache))
         return VideoARTransformerOutput(logits=self.bit_head(hidden_BNC[:, -n:]), last_hidden_state=hidden_BNC, cache=cache)
+
+    @property
+    def _causal_text(self) -> bool:
+        return self.config.text_attention == "causal"
+
+    def _check_conditioning(self, text_hidden_states, class_labels) -> None:
+        """A text model takes text, a class-conditional one class labels; the other kind is an error."""
+        if self.config.is_class_conditional and text_hidden_states is not None:
+            raise ValueError(
+                f"This transformer is class-conditional (`num_classes={self.config.num_classes}`): pass `class_labels`, "
+                "not `text_hidden_states`."
+            )
+        if not self.config.is_class_conditional and class_labels is not None:
+            raise ValueError(
+                "This transformer is text-conditional: pass `text_hidden_states`. `class_labels` need a model whose "
+                "config sets `num_classes`."
+            )
+
+    def _embed_prefix(self, text_hidden_states, text_attention_mask, class_labels):
+        """`(B, L, C)` prefix and its `(B, L)` validity: the prompt's text states, or one class token."""
+        if self.config.is_class_conditional:
+            if class_labels is None:
+                raise ValueError(
+                    f"A class-conditional transformer needs `class_labels` (ids 0..{self.config.num_classes - 1}, "
+                    f"{self.config.null_class_id} for the null class) on its teacher-forced and first cached pass."
+                )
+            return self._embed_class(class_labels)
+        if text_hidden_states is None:
+            raise ValueError("A text-to-video transformer needs `text_hidden_states` on its teacher-forced and first "
+                             "cached pass.")  # fmt: skip
+        return self._embed_text(text_hidden_states, text_attention_mask)
+
+    def _embed_class(self, class_labels):
+        num_classes = self.config.num_classes
+        if not torch.is_tensor(class_labels) or class_labels.ndim != 1 or class_labels.is_floating_point():
+            raise ValueError(
+                f"`class_labels` must be a (B,) integer tensor, got "
+                f"{tuple(class_labels.shape) if torch.is_tensor(class_labels) else type(class_labels).__name__}."
+            )
+        if ((class_labels < 0) | (class_labels > num_classes)).any():
+            raise ValueError(
+                f"`class_labels` must be in 0..{num_classes} ({num_classes} is the null class), got "
+                f"{class_labels.tolist()}."
+            )
+        class_B1C = self.class_embed(class_labels.to(self.device, torch.long))[:, None]
+        return class_B1C, torch.ones(class_B1C.shape[:2], dtype=torch.bool, device=self.device)
+
+    def _bitwise_loss(self, logits_BNd, labels, layout: TokenLayout) -> torch.Tensor:
+        """Binary cross-entropy of every bit, averaged over the bits of a token and over the samples; over the tokens
+        weighted by `config.loss_scale_weighting` (`scale_loss_weights`)."""
+        labels_BNd = labels if torch.is_tensor(labels) else pack_scales(labels)
+        if self.config.loss_scale_weighting == "uniform":
+            return F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.float())
+        loss_BN = F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.float(), reduction="none").mean(-1)
+        weights_N = scale_loss_weights(layout, self.config.loss_scale_weighting).to(loss_BN.device)
+        return (loss_BN * weights_N).sum(-1).mean()
 
     def _pack_inputs(self, scale_inputs, latent_size) -> tuple[torch.Tensor, TokenLayout]:
         """Teacher-forced inputs as one `(B, N, d)` tensor, and the token layout they fill."""
@@ -379,26 +461,26 @@ class VideoARTransformer(VideoARPreTrainedModel):
         video_BNC = torch.where(is_start[None, :, None], self.start_token.to(video_BNC.dtype), video_BNC)
         return video_BNC + self.scale_embed(coords_N4[:, 1])
 
-    def _join(self, text_BLC, text_valid_BL, text_lengths_B, video_BNC, coords_N4, layout):
-        """Put the text prefix (if any) before the video tokens; return the sequence with each token's block id,
-        frame, RoPE position and validity (False on text padding)."""
+    def _join(self, prefix_BLC, prefix_valid_BL, prefix_lengths_B, video_BNC, coords_N4, layout):
+        """Put the prefix (text or class token; none after a cache's first block) before the video tokens; return the
+        sequence with each token's block id, frame, RoPE position and validity (False on text padding). Positions
+        count the real prefix tokens only (`prefix_lengths_B`, `prefix_position_ids`), never the padding."""
         B, N, _ = video_BNC.shape
         blocks_N = coords_N4[:, 0] * layout.num_scales + coords_N4[:, 1]
         frames_N = coords_N4[:, 0]
         position_ids_BN3 = video_position_ids(
-            coords_N4, text_lengths_B, layout.scale_sizes, self.config.rope_spatial_positions
+            coords_N4, prefix_lengths_B, layout.scale_sizes, self.config.rope_spatial_positions
         )
         valid_BN = torch.ones(B, N, dtype=torch.bool, device=self.device)
-        if text_BLC is None:
+        if prefix_BLC is None:
             return video_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN
-        L = text_BLC.shape[1]
-        text_ids_L = torch.full((L,), TEXT_BLOCK, device=self.device, dtype=blocks_N.dtype)
+        prefix_ids_L = torch.full((prefix_BLC.shape[1],), TEXT_BLOCK, device=self.device, dtype=blocks_N.dtype)
         return (
-            torch.cat([text_BLC, video_BNC], dim=1),
-            torch.cat([text_ids_L, blocks_N]),
-            torch.cat([text_ids_L, frames_N]),
-            torch.cat([text_position_ids(B, L, self.device), position_ids_BN3], dim=1),
-            torch.cat([text_valid_BL, valid_BN], dim=1),
+            torch.cat([prefix_BLC, video_BNC], dim=1),
+            torch.cat([prefix_ids_L, blocks_N]),
+            torch.cat([prefix_ids_L, frames_N]),
+            torch.cat([prefix_position_ids(prefix_valid_BL), position_ids_BN3], dim=1),
+            torch.cat([prefix_valid_BL, valid_BN], dim=1),
         )
 
     def _run_layers(self, hidden_BNC, position_ids_BN3, mask: BlockCausalRule | torch.Tensor,

@@ -1,8 +1,10 @@
 """Multi-scale Temporal RoPE (docs/method.md §4).
 
 RoPE factorized over (time, height, width): the head dimension is split across the three axes. Text token i sits
-at (i, i, i), which is plain 1D RoPE. A video token of frame t, grid cell (h, w) sits at (t + L, h + L, w + L), with
-L the number of (unpadded) text tokens of its sample. Scale is not an axis: it enters through the scale embedding.
+at (i, i, i), which is plain 1D RoPE; i counts the real tokens before it, so padding on either side of a prompt
+moves no position. A video token of frame t, grid cell (h, w) sits at (t + L, h + L, w + L), with L the number of
+real text tokens of its sample. Scale is not an axis: it enters through the scale embedding. How a coarse scale's
+cell (h, w) maps onto the grid is `rope_spatial_positions` (`spatial_positions` below).
 """
 
 from typing import Sequence
@@ -12,9 +14,34 @@ from torch import nn
 
 
 def text_position_ids(batch_size: int, text_length: int, device=None) -> torch.Tensor:
-    """`(B, L, 3)` positions (i, i, i) of the text prefix."""
+    """`(B, L, 3)` positions (i, i, i) of an unpadded or right-padded prefix; `prefix_position_ids` reads the mask."""
     i = torch.arange(text_length, device=device, dtype=torch.float32)
     return i[None, :, None].expand(batch_size, text_length, 3)
+
+
+def prefix_position_ids(valid_BL: torch.Tensor) -> torch.Tensor:
+    """`(B, L, 3)` positions (i, i, i) of the prefix, i = the number of real tokens up to this one, minus one: the
+    same positions whichever side the tokenizer pads (a padding token takes its neighbour's, and is never seen)."""
+    i_BL = (valid_BL.long().cumsum(-1) - 1).clamp(min=0).float()
+    return i_BL[..., None].expand(*valid_BL.shape, 3)
+
+
+def spatial_positions_on_grid(
+    index_N: torch.Tensor, cells_N: torch.Tensor, finest_cells: int, spatial_positions: str
+) -> torch.Tensor:
+    """Cell `index` of a scale `cells` wide, as a RoPE position along one spatial axis of `finest_cells` cells.
+
+    `"raw"`: the index itself (the paper's figure). `"finest"`: `round(index * finest / cells)`, ties to even
+    (Infinity's `rope2d_normalized_by_hw=2`, which looks up integer positions of the finest grid). `"centre"`: the
+    cell's centre in finest-grid coordinates, `(index + 0.5) * finest / cells - 0.5` (ERNIE 5.0's reading)."""
+    if spatial_positions == "raw":
+        return index_N.float()
+    ratio_N = (finest_cells / cells_N.double()).float()  # a float64 quotient rounded once to float32, as Infinity's
+    if spatial_positions == "finest":
+        return torch.round(index_N.float() * ratio_N)
+    if spatial_positions == "centre":
+        return (index_N.float() + 0.5) * ratio_N - 0.5
+    raise ValueError(f"Unknown `rope_spatial_positions` {spatial_positions!r}; use 'raw', 'finest' or 'centre'.")
 
 
 def video_position_ids(
@@ -23,17 +50,16 @@ def video_position_ids(
     scale_sizes: Sequence[tuple[int, int]],
     spatial_positions: str = "raw",
 ) -> torch.Tensor:
-    """`(B, N, 3)` positions of video tokens given their (frame, scale, row, column) coordinates.
-
-    `spatial_positions="finest"` rescales each scale's grid onto the finest grid (Infinity's practice); `"raw"` keeps
-    the grid indices (the paper's figure).
-    """
-    frame, scale, row, col = coords_N4.float().unbind(-1)
-    if spatial_positions == "finest":
-        sizes = torch.tensor(scale_sizes, dtype=torch.float32, device=coords_N4.device)
-        row = row * sizes[-1, 0] / sizes[scale.long(), 0]
-        col = col * sizes[-1, 1] / sizes[scale.long(), 1]
-    position_N3 = torch.stack([frame, row, col], dim=-1)
+    """`(B, N, 3)` positions of video tokens given their (frame, scale, row, column) coordinates, after a prefix of
+    `text_lengths_B` real tokens; `spatial_positions` as in `spatial_positions_on_grid`."""
+    frame_N, scale_N, row_N, col_N = coords_N4.unbind(-1)
+    sizes_K2 = torch.tensor(scale_sizes, device=coords_N4.device)
+    rows_N, cols_N = sizes_K2[scale_N].unbind(-1)
+    position_N3 = torch.stack([
+        frame_N.float(),
+        spatial_positions_on_grid(row_N, rows_N, scale_sizes[-1][0], spatial_positions),
+        spatial_positions_on_grid(col_N, cols_N, scale_sizes[-1][1], spatial_positions),
+    ], dim=-1)  # fmt: skip
     return position_N3[None] + text_lengths_B.float().to(coords_N4.device)[:, None, None]
 
 
