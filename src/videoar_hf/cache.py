@@ -11,8 +11,8 @@ class VideoARCache(Cache):
     what the block-causal mask needs to know about each cached token.
 
     The cache also counts the blocks it holds, so `VideoARTransformer.forward(..., cache=cache)` always runs the next
-    (frame, scale) in order. A fresh cache is empty; the first call writes the prefix (text, or a class-conditional model's
-    class token) and the first block together.
+    (frame, scale) in order. A fresh cache is empty; the first call writes the prefix (text, or a class-conditional
+    model's class token) and the first block together.
     """
 
     def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]]):

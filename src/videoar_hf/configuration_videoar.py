@@ -26,7 +26,7 @@ class VideoARConfig(PreTrainedConfig):
             Video tokens see the whole prompt either way. A config saved before this field existed loads as
             `"bidirectional"`, what it was trained with. *(§3)*
         num_classes: `None` for a text-to-video model; an integer makes a class-conditional model (the paper's UCF-101
-            model, docs/method.md §1): one learned class token is the prefix, class ids `0..num_classes - 1`, and id
+            model, docs/method.md §8): one learned class token is the prefix, class ids `0..num_classes - 1`, and id
             `num_classes` is the null class of classifier-free guidance. `id2label` / `label2id` name the classes as
             for transformers' classifiers (`LABEL_i` when not given) and must hold `num_classes` entries.
         max_latent_frames: the longest video, in latent frames, the model saw in training; the pipeline re-encodes the

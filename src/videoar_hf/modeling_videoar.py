@@ -37,8 +37,9 @@ def scale_loss_weights(layout: TokenLayout, weighting: str) -> torch.Tensor:
         per_scale = [(finest / (h * w)) ** 0.5 for h, w in layout.scale_sizes]
     else:
         raise ValueError(f"Unknown `loss_scale_weighting` {weighting!r}; use 'uniform' or 'infinity'.")
-    weights_N = torch.cat([torch.full((h * w,), weight, dtype=torch.float64)
-                           for weight, (h, w) in zip(per_scale, layout.scale_sizes)]).repeat(layout.num_frames)  # fmt: skip
+    frame_weights = torch.cat([torch.full((h * w,), weight, dtype=torch.float64)
+                               for weight, (h, w) in zip(per_scale, layout.scale_sizes)])  # fmt: skip
+    weights_N = frame_weights.repeat(layout.num_frames)
     return (weights_N / weights_N.sum()).float()
 
 
@@ -286,7 +287,9 @@ class VideoARTransformer(VideoARPreTrainedModel):
             raise ValueError(f"`cache` must be a `VideoARCache` (`init_cache`), got {type(cache).__name__}.")
         self._check_conditioning(text_hidden_states, class_labels)
         if cache is not None:
-            return self._forward_cached_block(cache, scale_inputs, text_hidden_states, text_attention_mask, class_labels)
+            return self._forward_cached_block(
+                cache, scale_inputs, text_hidden_states, text_attention_mask, class_labels
+            )
         return self._forward_teacher_forced(
             scale_inputs, text_hidden_states, text_attention_mask, class_labels, labels, frame_keep, latent_size
         )
@@ -327,7 +330,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
         if cache.is_empty:  # the prefix rides along with the first block
             prefix_BLC, prefix_valid_BL = self._embed_prefix(text_hidden_states, text_attention_mask, class_labels)
             prefix_lengths_B = prefix_valid_BL.sum(-1)
-            scale_input = torch.zeros(prefix_BLC.shape[0], n, self.config.latent_bits, device=self.device)  # start token
+            scale_input = torch.zeros(len(prefix_BLC), n, self.config.latent_bits, device=self.device)  # start token
         else:
             if scale_input is None:
                 raise ValueError(f"The cached pass for frame {frame}, scale {scale} needs its `scale_inputs`.")
@@ -363,8 +366,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
         """A text model takes text, a class-conditional one class labels; the other kind is an error."""
         if self.config.is_class_conditional and text_hidden_states is not None:
             raise ValueError(
-                f"This transformer is class-conditional (`num_classes={self.config.num_classes}`): pass `class_labels`, "
-                "not `text_hidden_states`."
+                f"This transformer is class-conditional (`num_classes={self.config.num_classes}`): pass "
+                "`class_labels`, not `text_hidden_states`."
             )
         if not self.config.is_class_conditional and class_labels is not None:
             raise ValueError(
