@@ -390,3 +390,16 @@ def test_resume_state_of_another_epoch_is_dropped(five_videos, tmp_path):
     assert len(list(resumed)) == 5
     with pytest.raises(ValueError, match="state_dict"):
         resumed.load_state_dict({"epoch": 0})
+
+
+def test_class_folders_give_labels_and_class_names(tmp_path):
+    for cls in ("ApplyEyeMakeup", "Biking"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            write_index_video(tmp_path / cls / f"v{i}.mp4", num_frames=12, fps=8)
+    dataset = load_video_dataset(str(tmp_path), num_frames=5, resolution=16, fps=8, label_column="label")
+    assert dataset.label_names == ["ApplyEyeMakeup", "Biking"]
+    items = [dataset[i] for i in range(len(dataset))]
+    assert sorted((item["label"], item["text"]) for item in items) == [(0, "ApplyEyeMakeup")] * 2 + [(1, "Biking")] * 2
+    with pytest.raises(ValueError, match="no label column 'class'"):
+        load_video_dataset(str(tmp_path), num_frames=5, resolution=16, fps=8, label_column="class")

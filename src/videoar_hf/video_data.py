@@ -136,6 +136,8 @@ class ClipReader:
         allow_images: bool = True,
         clips_per_video: int | str = 1,
         max_clips_per_video: int | None = None,
+        label_column: str | None = None,
+        label_names: list[str] | None = None,
     ):
         self.num_frames = num_frames
         self.size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
@@ -147,6 +149,8 @@ class ClipReader:
         self.allow_images = allow_images
         self.clips_per_video = clips_per_video
         self.max_clips_per_video = max_clips_per_video
+        self.label_column = label_column
+        self.label_names = label_names
         self.stats = DataStats()
 
     def is_image(self, value) -> bool:
@@ -193,7 +197,11 @@ class ClipReader:
         if frames is None:
             return None
         video = frames_to_clip(frames, self.size)
-        return {"video": video, "text": self._caption(row, media.name), "source": media.name}
+        item = {"video": video, "source": media.name}
+        if self.label_column is not None:
+            item["label"] = label_index(row[self.label_column], self.label_names)
+        item["text"] = self._caption(row, media.name, item.get("label"))
+        return item
 
     def _decode(self, media: RowMedia, start: float) -> tuple[list[np.ndarray], int]:
         """The frames of the row's media and how many a complete clip has (1 for an allowed image)."""
@@ -213,7 +221,9 @@ class ClipReader:
         self.stats.record("too_short", row_name, f"Skipping too short {row_name}: {found}")
         return None
 
-    def _caption(self, row: dict, row_name: str) -> str:
+    def _caption(self, row: dict, row_name: str, label: int | None = None) -> str:
+        if label is not None and self.caption_column not in row:  # class data: the class name is the caption
+            return self.label_names[label]
         caption = row[self.caption_column]
         if isinstance(caption, str) and caption.strip():
             return caption
@@ -240,6 +250,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         self.rows = rows
         self.reader = reader
         self.stats = reader.stats
+        self.label_names = reader.label_names  # the classes, with `label_column`
         self.source = source
         self.seed = seed
         self.epoch = 0
@@ -308,6 +319,7 @@ class IterableVideoClipDataset(torch.utils.data.IterableDataset):
         self.rows = rows
         self.reader = reader
         self.stats = reader.stats
+        self.label_names = reader.label_names  # the classes, with `label_column`
         self.source = source
         self.seed = seed
         self.media_filter = media_filter
@@ -394,6 +406,7 @@ def load_video_dataset(
     media: str = "auto",
     process_index: int = 0,
     num_processes: int = 1,
+    label_column: str | None = None,
     **load_dataset_kwargs,
 ) -> VideoClipDataset | IterableVideoClipDataset:
     """Text-video clips of `num_frames` frames sampled at `fps`, resized and centre-cropped to `resolution`.
@@ -424,12 +437,16 @@ def load_video_dataset(
         process_index, num_processes: streaming only: this process's share of the rows
             (`datasets.distributed.split_dataset_by_node`). Map-style datasets are split by the sampler
             (`accelerate`'s `prepare`), so they ignore these.
+        label_column: class data: items get `"label"`, the class index, from this column (a `ClassLabel`, as a
+            videofolder whose sub-folders are the classes has, class names, or indices); the caption column is then
+            optional (the class name stands in). The dataset's `label_names` lists the classes.
         load_dataset_kwargs: passed to `datasets.load_dataset` (e.g. `name`, `revision`, `cache_dir`).
     """
     _check_clip_args(num_frames, fps, short_video, clips_per_video, max_clips_per_video, media)
     _check_processes(process_index, num_processes)
     rows = _load_rows(os.path.expanduser(source), split, streaming, caption_column, load_dataset_kwargs)
-    rows, media_column = _prepare_rows(rows, source, split, media_column, caption_column)
+    rows, media_column = _prepare_rows(rows, source, split, media_column, caption_column, label_column)
+    label_names = _label_names(rows, label_column, source) if label_column else None
     reader = ClipReader(
         num_frames=num_frames,
         resolution=resolution,
@@ -441,6 +458,8 @@ def load_video_dataset(
         allow_images=allow_images,
         clips_per_video=clips_per_video,
         max_clips_per_video=max_clips_per_video,
+        label_column=label_column,
+        label_names=label_names,
     )
     if streaming:
         if num_processes > 1:
@@ -596,8 +615,9 @@ def _metadata_header(path: str) -> tuple[list[str], bool]:
         return (list(json.loads(first_line)) if first_line else []), first_line is not None
 
 
-def _prepare_rows(rows, source: str, split: str, media_column: str | None, caption_column: str):
-    """Pick and check the media and caption columns, turn off datasets' media decoding, refuse empty data."""
+def _prepare_rows(rows, source: str, split: str, media_column: str | None, caption_column: str,
+                  label_column: str | None = None):  # fmt: skip
+    """Pick and check the media, caption and label columns, turn off datasets' media decoding, refuse empty data."""
     columns = _column_names(rows)
     media_column = media_column or next((name for name in MEDIA_COLUMNS if name in columns), None)
     if media_column not in columns:
@@ -606,7 +626,10 @@ def _prepare_rows(rows, source: str, split: str, media_column: str | None, capti
             f"{source} has no media column {wanted} (columns: {columns}); expected videos (datasets Video dicts "
             "with path/bytes, raw bytes or paths) or images."
         )
-    if caption_column not in columns:
+    if label_column is not None and label_column not in columns:
+        raise ValueError(f"{source} has no label column {label_column!r} (columns: {columns}); a videofolder whose "
+                         "sub-folders are the classes has 'label'.")  # fmt: skip
+    if caption_column not in columns and label_column is None:
         raise ValueError(
             f"{source} has no caption column {caption_column!r} (columns: {columns}); a local folder needs a "
             f"metadata.csv or metadata.jsonl with 'file_name' and {caption_column!r} columns."
@@ -618,6 +641,28 @@ def _prepare_rows(rows, source: str, split: str, media_column: str | None, capti
     if _is_empty(rows):
         raise ValueError(f"{source} has no rows in split {split!r}.")
     return rows, media_column
+
+
+def _label_names(rows, label_column: str, source: str) -> list[str]:
+    """The class names: a `ClassLabel`'s, the sorted distinct names of a text column, or `0..max` for indices."""
+    feature = (rows.features or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    if not isinstance(rows, datasets.Dataset):
+        raise ValueError(f"{source}: a streamed dataset needs its label column {label_column!r} as a ClassLabel, "
+                         "so the classes are known before the stream is read.")  # fmt: skip
+    values = rows.unique(label_column)
+    if all(isinstance(v, str) for v in values):
+        return sorted(values)
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        return [str(i) for i in range(max(values) + 1)]
+    raise ValueError(f"{source}: the label column {label_column!r} must hold class names or indices >= 0, got "
+                     f"{sorted(map(repr, values))[:5]}.")  # fmt: skip
+
+
+def label_index(value, label_names: list[str]) -> int:
+    """A row's class index, from its index or its class name."""
+    return label_names.index(value) if isinstance(value, str) else int(value)
 
 
 def _column_names(rows) -> list[str]:
