@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("models")
     model.add_argument("--tokenizer", required=True, help="Folder or Hub id of a trained VideoARTokenizer (frozen).")
-    model.add_argument("--text_encoder", required=True, help="Folder or Hub id of a transformers text encoder (frozen); its tokenizer is read from there too unless --text_tokenizer.")
+    model.add_argument("--text_encoder", default=None, help="Folder or Hub id of a transformers text encoder (frozen); its tokenizer is read from there too unless --text_tokenizer. Not used by a class-conditional model (--label_column).")
     model.add_argument("--text_tokenizer", default=None, help="Folder or Hub id of the text encoder's tokenizer, when it lives elsewhere (e.g. a pipeline's `tokenizer` folder).")
     model.add_argument("--transformer_preset", default="tiny", help="VideoARConfig preset of a new transformer: tiny, L, XL or 4B.")
     model.add_argument("--transformer_config", default=None, help="JSON of VideoARConfig fields over the preset, e.g. '{\"hidden_size\": 256}'.")
@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_training_args(parser, args)
     if not 0 <= args.text_dropout < 1:
         parser.error(f"--text_dropout must be in [0, 1), got {args.text_dropout}.")
+    if (args.text_encoder is None) == (args.label_column is None):
+        parser.error("Pass --text_encoder for a text-to-video model, or --label_column for a class-conditional one.")
     if args.transformer_config is not None:
         try:
             json.loads(args.transformer_config)
@@ -63,12 +65,13 @@ def load_text_encoder(args, device) -> TextEncoder:
     return TextEncoder(model, tokenizer, device, memoize=args.precompute, source=tokenizer_source)
 
 
-def new_transformer(args, video_tokenizer, text_hidden_size: int) -> VideoARTransformer:
-    matching = {
-        "latent_bits": video_tokenizer.config.latent_channels,
-        "scale_schedule": list(video_tokenizer.config.scale_schedule),
-        "text_hidden_size": text_hidden_size,
-    }
+def new_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, label_names: list[str] | None):
+    """A new transformer matching the tokenizer, and the text encoder or the classes."""
+    matching = {"latent_bits": video_tokenizer.config.latent_channels, "scale_schedule": list(video_tokenizer.config.scale_schedule)}
+    if label_names is None:
+        matching["text_hidden_size"] = text_encoder.model.config.hidden_size
+    else:
+        matching.update(num_classes=len(label_names), id2label=dict(enumerate(label_names)))
     return VideoARTransformer(VideoARConfig.from_preset(args.transformer_preset, **matching, **json.loads(args.transformer_config or "{}")))
 
 
@@ -76,16 +79,20 @@ def main(args: argparse.Namespace) -> Path:
     config = training_config_from_args(args, project="train_videoar")
     accelerator = make_accelerator(config, args.mixed_precision, args.report_to)
     video_tokenizer = VideoARTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval().requires_grad_(False)
-    text_encoder = load_text_encoder(args, accelerator.device)
+    text_encoder = load_text_encoder(args, accelerator.device) if args.text_encoder else None
+    label_names = config.data.label_names() if args.label_column else None
     if args.pretrained_transformer:  # trainable weights stay fp32 even from a bf16 export
         transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)
     else:
-        transformer = new_transformer(args, video_tokenizer, text_encoder.model.config.hidden_size)
+        transformer = new_transformer(args, video_tokenizer, text_encoder, label_names)
+    # the pipeline re-encodes past the longest clip trained on (docs/method.md §8)
+    trained_frames = max(video_tokenizer.num_latent_frames(stage.num_frames) for stage in config.stages)
+    transformer.config.max_latent_frames = max(trained_frames, transformer.config.max_latent_frames or 0)
     pipeline_dir = config.output_dir / "pipeline"
 
     def save(trained: VideoARTransformer) -> None:
-        pipe = VideoARPipeline(video_tokenizer=video_tokenizer, transformer=trained, text_encoder=text_encoder.model,
-                               tokenizer=text_encoder.tokenizer)  # fmt: skip
+        pipe = VideoARPipeline(video_tokenizer=video_tokenizer, transformer=trained, text_encoder=text_encoder and text_encoder.model,
+                               tokenizer=text_encoder and text_encoder.tokenizer)  # fmt: skip
         pipe.save_pretrained(pipeline_dir)
 
     trainer = TextToVideoTrainer(

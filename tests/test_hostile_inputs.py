@@ -280,7 +280,7 @@ def test_sizes_beyond_the_machine_are_refused_with_the_maximum(tiny_pipe, kwargs
 BAD_ARGUMENTS = [
     ("num_frames", "17"), ("num_frames", 17.0), ("num_frames", None), ("num_frames", True), ("num_frames", 0),
     ("height", "32"), ("height", 0), ("height", 32.5), ("width", {}), ("width", -32),
-    ("guidance_scale", None), ("guidance_scale", {"a": 1}), ("guidance_scale", float("nan")),
+    ("guidance_scale", {"a": 1}), ("guidance_scale", float("nan")),
     ("top_p", "0.9"), ("top_p", None), ("top_p", float("nan")), ("top_k", 1.5), ("temperature", "1"),
     ("temperature", float("inf")), ("temperature", 0), ("max_sequence_length", 0), ("max_sequence_length", "77"),
     ("generator", 0), ("generator", [0]), ("generator", []), ("callback_on_step_end", "print"),

@@ -24,7 +24,7 @@ def watch_blocks(pipe) -> list[dict]:
     def hook(module, args, kwargs):
         cache = kwargs["cache"]
         seen.append({"frame": cache.next_block[0], "cached": 0 if cache.is_empty else len(cache.token_blocks),
-                     "text": args[1]})  # fmt: skip
+                     "text": kwargs.get("text_hidden_states")})  # fmt: skip
 
     pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     return seen

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic_directory import atomic_directory
 from .causal_cnn import causal_streaming
-from .guidance import TEXT_TO_VIDEO, guidance_table
+from .guidance import CLASS_CONDITIONAL, TEXT_TO_VIDEO, guidance_table
 from .hub import upload_pipeline_folder
 from .lora import VideoARLoraLoaderMixin
 from .modeling_tokenizer import VideoARTokenizer
@@ -34,6 +34,7 @@ from .pipeline_inputs import (
     check_texts,
     frames_for_processor,
     is_finite_number,
+    is_int,
 )
 from .sampling import sample_bits
 
@@ -67,8 +68,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
     Components:
         video_tokenizer: [`VideoARTokenizer`], the causal 3D tokenizer with its multi-scale bitwise quantizer.
         transformer: [`VideoARTransformer`], the autoregressive transformer.
-        text_encoder: a frozen transformers text encoder; its `last_hidden_state` is the text prefix.
-        tokenizer: the text encoder's tokenizer.
+        text_encoder: a frozen transformers text encoder; its `last_hidden_state` is the text prefix (None for a
+            class-conditional transformer).
+        tokenizer: the text encoder's tokenizer (None with it).
 
     One transformer forward pass samples a whole scale of a latent frame, so a video costs exactly
     `latent frames x scales` passes; the text prefix rides along with the first. LoRA adapters load with
@@ -77,13 +79,14 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
     model_cpu_offload_seq = "text_encoder->transformer->video_tokenizer"
     _callback_tensor_inputs = ["latents", "logits"]
+    _optional_components = ["text_encoder", "tokenizer"]  # a class-conditional model has no text
 
     def __init__(
         self,
         video_tokenizer: VideoARTokenizer,
         transformer: VideoARTransformer,
-        text_encoder: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         super().__init__()
         _check_components_agree(video_tokenizer, transformer, text_encoder)
@@ -222,11 +225,17 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         frames for the video processor. Return the prompts as a list (`None` when embeddings are given)."""
         check_scalars(o)
         prompt, prompt_embeds = o["prompt"], o["prompt_embeds"]
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
-        if prompt is not None:
-            prompt = check_texts("prompt", prompt)
-        num_prompts = len(prompt) if prompt is not None else check_embeds("prompt_embeds", prompt_embeds, None)
+        if self.is_class_conditional:
+            num_prompts = self._check_class_labels(o)
+        else:
+            if o["class_labels"] is not None:
+                raise ValueError("`class_labels` are for a class-conditional model (`transformer.config.num_classes`); "
+                                 "this one is text-to-video: pass `prompt`.")  # fmt: skip
+            if (prompt is None) == (prompt_embeds is None):
+                raise ValueError("Pass exactly one of `prompt` and `prompt_embeds`.")
+            if prompt is not None:
+                prompt = check_texts("prompt", prompt)
+            num_prompts = len(prompt) if prompt is not None else check_embeds("prompt_embeds", prompt_embeds, None)
         check_embeds("prompt_attention_mask", o["prompt_attention_mask"], prompt_embeds)
         check_embeds("negative_prompt_embeds", o["negative_prompt_embeds"], prompt_embeds)
         check_embeds("negative_prompt_attention_mask", o["negative_prompt_attention_mask"], o["negative_prompt_embeds"])
@@ -272,6 +281,23 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             )
         check_memory(self, o, batch)
         return prompt
+
+    def _check_class_labels(self, o: dict) -> int:
+        """A class model takes `class_labels` and no text; return how many classes were asked for."""
+        text = [name for name in ("prompt", "prompt_embeds", "negative_prompt", "negative_prompt_embeds", "next_prompts")
+                if o[name] is not None]  # fmt: skip
+        if text:
+            raise ValueError(f"This model is class-conditional (`transformer.config.num_classes` = "
+                             f"{self.transformer.config.num_classes}): pass `class_labels`, not `{text[0]}`.")  # fmt: skip
+        labels = o["class_labels"]
+        if labels is None or (isinstance(labels, (list, tuple)) and not labels):
+            raise ValueError("This model is class-conditional: pass `class_labels` (class ids or names, one per video).")
+        labels = [labels] if isinstance(labels, (int, str)) else labels
+        if not isinstance(labels, (list, tuple)):
+            raise ValueError(f"`class_labels` must be a class id, a class name or a list of them, got {type(labels).__name__}.")
+        for label in labels:
+            self._class_id(label)
+        return len(labels)
 
     def encode_prompt(
         self,
@@ -367,6 +393,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if o["attention_kwargs"] is not None and not isinstance(o["attention_kwargs"], dict):
             raise ValueError(f"`attention_kwargs` must be a dict such as {{'scale': 0.5}}, got {o['attention_kwargs']!r}.")
         o["attention_kwargs"] = {"scale": 1.0, **(o["attention_kwargs"] or {})}
+        if o["guidance_scale"] is None:  # the paper's schedule for the kind of model (docs/method.md §8)
+            o["guidance_scale"] = CLASS_CONDITIONAL if self.is_class_conditional else TEXT_TO_VIDEO
         prompts = self.check_inputs(o)
         device = self._execution_device
         f = self.video_tokenizer.config.spatial_compression_ratio
@@ -378,19 +406,23 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         self._do_classifier_free_guidance = bool((guidance_TK != 1).any())
         self._interrupt = False
 
-        # text prefix: conditional and unconditional prompts in one batch, one forward pass
-        prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.encode_prompt(
-            prompts, o["negative_prompt"], self.do_classifier_free_guidance, o["num_videos_per_prompt"],
-            o["prompt_embeds"], o["prompt_attention_mask"], o["negative_prompt_embeds"],
-            o["negative_prompt_attention_mask"], o["max_sequence_length"], device,
-        )  # fmt: skip
-        texts = [(0, *self._guided_text(prompt_embeds, prompt_mask, negative_embeds, negative_mask))]
-        for first_frame, later_prompt in o["next_prompts"] or []:
-            embeds, mask, *_ = self.encode_prompt([later_prompt] * len(prompts or prompt_embeds), None, False,
-                                                  o["num_videos_per_prompt"], device=device)  # fmt: skip
-            texts.append((self.video_tokenizer.num_latent_frames(first_frame) - 1,
-                          *self._guided_text(embeds, mask, negative_embeds, negative_mask)))  # fmt: skip
-        batch = prompt_embeds.shape[0]
+        # the prefix: conditional and unconditional prompts (or classes) in one batch, one forward pass
+        if self.is_class_conditional:
+            prefixes = [(0, self._class_prefix(o["class_labels"], o["num_videos_per_prompt"], device))]
+            batch = len(prefixes[0][1]["class_labels"]) // (1 + self.do_classifier_free_guidance)
+        else:
+            prompt_embeds, prompt_mask, negative_embeds, negative_mask = self.encode_prompt(
+                prompts, o["negative_prompt"], self.do_classifier_free_guidance, o["num_videos_per_prompt"],
+                o["prompt_embeds"], o["prompt_attention_mask"], o["negative_prompt_embeds"],
+                o["negative_prompt_attention_mask"], o["max_sequence_length"], device,
+            )  # fmt: skip
+            prefixes = [(0, self._text_prefix(prompt_embeds, prompt_mask, negative_embeds, negative_mask))]
+            for first_frame, later_prompt in o["next_prompts"] or []:
+                embeds, mask, *_ = self.encode_prompt([later_prompt] * len(prompts or prompt_embeds), None, False,
+                                                      o["num_videos_per_prompt"], device=device)  # fmt: skip
+                prefixes.append((self.video_tokenizer.num_latent_frames(first_frame) - 1,
+                                 self._text_prefix(embeds, mask, negative_embeds, negative_mask)))  # fmt: skip
+            batch = prompt_embeds.shape[0]
 
         given_bits = []
         if o["image"] is not None or o["video"] is not None:
@@ -408,23 +440,47 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if window is not None and given_bits and given_bits[0].shape[1] > window:
             raise ValueError(f"The conditioning frames fill {given_bits[0].shape[1]} latent frames, more than the "
                              f"{window} the model was trained on (`transformer.config.max_latent_frames`).")  # fmt: skip
-        sampling = _Sampling(batch, num_latent_frames, latent_size, texts, given_bits, device, o, window, context)
+        sampling = _Sampling(batch, num_latent_frames, latent_size, prefixes, given_bits, device, o, window, context)
         if sampling.is_windowed and o["output_type"] == "latent":
             raise ValueError("`output_type='latent'` is not available when the video is re-encoded between windows "
                              "(longer than `transformer.config.max_latent_frames`, or with `next_prompts`).")  # fmt: skip
         self._num_timesteps = sum(count for _, count in self._windows_plan(sampling)) * num_scales
         return sampling
 
-    def _guided_text(self, embeds, mask, negative_embeds, negative_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text states and mask of one prompt batch; with guidance, the negative prompts follow in the same batch."""
-        if not self.do_classifier_free_guidance:
-            return embeds, mask
-        return _concat_padded([embeds, negative_embeds], [mask, negative_mask])
+    @property
+    def is_class_conditional(self) -> bool:
+        return getattr(self.transformer.config, "num_classes", None) is not None
+
+    def _text_prefix(self, embeds, mask, negative_embeds, negative_mask) -> dict:
+        """The transformer's text arguments for one prompt batch; with guidance, the negative prompts follow."""
+        if self.do_classifier_free_guidance:
+            embeds, mask = _concat_padded([embeds, negative_embeds], [mask, negative_mask])
+        return {"text_hidden_states": embeds, "text_attention_mask": mask}
+
+    def _class_prefix(self, class_labels, num_videos_per_prompt: int, device) -> dict:
+        """The transformer's class arguments: class ids (names through `config.label2id`), each repeated per video;
+        with guidance, the null class follows for every video."""
+        labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+        ids = torch.tensor([self._class_id(label) for label in labels], device=device)
+        ids = ids.repeat_interleave(num_videos_per_prompt)
+        if self.do_classifier_free_guidance:
+            ids = torch.cat([ids, torch.full_like(ids, self.transformer.config.num_classes)])
+        return {"class_labels": ids}
+
+    def _class_id(self, label) -> int:
+        config = self.transformer.config
+        names = {str(name): int(i) for i, name in config.id2label.items()}
+        if isinstance(label, str) and label in names:
+            return names[label]
+        if is_int(label) and 0 <= label < config.num_classes:
+            return int(label)
+        raise ValueError(f"`class_labels`: {label!r} is not a class of this model; use 0..{config.num_classes - 1} or a "
+                         f"name of `transformer.config.id2label`, e.g. {list(names)[:3]}.")  # fmt: skip
 
     def _windows_plan(self, s: "_Sampling") -> list[tuple[int, int]]:
         """`(first frame, frames)` of each window: a window ends at the trained length or where a later prompt
         starts; each later one starts `context` frames early, on the re-encoded end of the previous one."""
-        switches = sorted({first for first, *_ in s.texts[1:]})
+        switches = sorted({first for first, _ in s.prefixes[1:]})
         plan, first = [], 0
         while True:
             start = first if not plan else first - min(s.context, first)
@@ -449,7 +505,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     if self.interrupt:
                         return
                     model_input = None if scale_input is None else scale_input.repeat(1 + self.do_classifier_free_guidance, 1, 1, 1)
-                    logits = self.transformer(model_input, w.text_states, w.text_mask, cache=cache).logits.float()
+                    logits = self.transformer(model_input, cache=cache, **w.prefix).logits.float()
                     if self.do_classifier_free_guidance:
                         cond, uncond = logits.chunk(2)
                         guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
@@ -490,8 +546,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     pixels = torch.cat(recent, dim=2)[:, :, -(1 + tau * (context - 1)) :]
                     latents = self.video_tokenizer.encode(pixels.to(self.video_tokenizer.dtype)).latents
                     given = self.video_tokenizer.quantize(latents).bits
-                _, text_states, text_mask = [t for t in s.texts if t[0] <= end][-1]
-                window = _Window(first, count, given, text_states, text_mask)
+                prefix = [p for start, p in s.prefixes if start <= end][-1]
+                window = _Window(first, count, given, prefix)
                 with causal_streaming(self.video_tokenizer.decoder):
                     for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
                         chunk = latents[:, :, frame : frame + 1].to(self.video_tokenizer.dtype)
@@ -516,7 +572,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         height: int | None = None,
         width: int | None = None,
         num_videos_per_prompt: int = 1,
-        guidance_scale: float | str | list | torch.Tensor = TEXT_TO_VIDEO,
+        guidance_scale: float | str | list | torch.Tensor | None = None,
         top_k: int = 0,
         top_p: float = 1.0,
         temperature: float = 1.0,
@@ -536,6 +592,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         attention_kwargs: dict[str, Any] | None = None,
         next_prompts: list[tuple[int, str]] | None = None,
         context_frames: int | None = None,
+        class_labels: int | str | list[int | str] | None = None,
     ) -> VideoARPipelineOutput | tuple:
         """Generate videos.
 
@@ -546,7 +603,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             height, width: pixel size, multiples of the spatial compression; the tokenizer's `sample_size` by default.
             num_videos_per_prompt: videos per prompt.
             guidance_scale: a number, a `(latent frames, scales)` table, or a schedule name: `"text-to-video"`
-                (falls 5 -> 3, the default) or `"class-conditional"` (rises 1 -> 5 -> 10) (docs/method.md §8).
+                (falls 5 -> 3) or `"class-conditional"` (rises 1 -> 5 -> 10) (docs/method.md §8); by default the one
+                for the kind of model.
                 Guidance runs the conditional and unconditional batch in one forward pass; a constant 1 skips it.
             top_k, top_p, temperature: per-bit sampling, see `sample_bits`. `top_k=0` and `top_p=1` disable them.
             generator: a generator, or one per video for per-video reproducibility.
@@ -571,6 +629,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             next_prompts: `[(frame, prompt), ...]`: from pixel frame `frame` (`1 + k * temporal_compression_ratio`)
                 on, the video continues under `prompt` (every video of the batch), from the re-encoded end of what
                 came before, e.g. `[(33, "a red circle moving up")]`.
+            class_labels: for a class-conditional model (`transformer.config.num_classes`), in place of `prompt`:
+                class ids or names (`transformer.config.id2label`), one per video batch entry.
             context_frames: latent frames re-encoded from the end of one window to start the next, when the video
                 is longer than `transformer.config.max_latent_frames` (the length trained on) or a prompt changes;
                 half the trained length by default (docs/method.md §8).
@@ -612,8 +672,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
     def _sample_and_decode(self, s: "_Sampling", output_type: str, decode_chunk_size: int | None):
         """One window: sample every latent frame, then decode them at once (or as `latent`, undecoded)."""
-        _, text_states, text_mask = s.texts[0]
-        window = _Window(0, s.num_latent_frames, s.given_bits, text_states, text_mask)
+        window = _Window(0, s.num_latent_frames, s.given_bits, s.prefixes[0][1])
         latents = torch.zeros(s.batch, self.video_tokenizer.config.latent_channels, 1, *s.latent_size)
         with self.progress_bar(total=self.num_timesteps) as progress_bar:
             for latents in self._sample_latent_frames(s, window, progress_bar):
@@ -635,14 +694,15 @@ class _Sampling:
     """What one generation carries from its preparation into its sampling loop: what was derived from the arguments,
     and the checked arguments themselves (`options`, by `__call__`'s names).
 
-    `texts` holds `(first latent frame, text states, text mask)` for the prompt and each later one; `window` is the
+    `prefixes` holds `(first latent frame, the transformer's prefix arguments)` for the prompt (or classes) and each
+    later prompt; `window` is the
     most latent frames one pass of the cache may hold (`transformer.config.max_latent_frames`, None: no limit) and
     `context` the latent frames re-encoded from the end of one window to start the next."""
 
     batch: int
     num_latent_frames: int
     latent_size: tuple[int, int]
-    texts: list[tuple[int, torch.Tensor, torch.Tensor]]
+    prefixes: list[tuple[int, dict]]
     given_bits: list[torch.Tensor]
     device: torch.device
     options: dict
@@ -651,7 +711,7 @@ class _Sampling:
 
     @property
     def is_windowed(self) -> bool:
-        return len(self.texts) > 1 or (self.window is not None and self.num_latent_frames > self.window)
+        return len(self.prefixes) > 1 or (self.window is not None and self.num_latent_frames > self.window)
 
 
 @dataclass
@@ -662,8 +722,7 @@ class _Window:
     first_frame: int
     num_frames: int
     given_bits: list[torch.Tensor]
-    text_states: torch.Tensor
-    text_mask: torch.Tensor
+    prefix: dict
 
     @property
     def num_given(self) -> int:

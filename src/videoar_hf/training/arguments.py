@@ -49,6 +49,7 @@ def add_training_args(parser, learning_rate: float, resolution: int = 64, num_fr
     data.add_argument("--clips_per_video", type=clips_per_video, default=1, help="Clips drawn from each video per epoch, each from its own part of the video, or 'auto': as many as the video's length holds (a few long videos hold many clips).")
     data.add_argument("--short_videos", default="skip", choices=["skip", "pad"], help="Videos shorter than a clip: skip them, or pad them with their last frame when at least half the clip exists.")
     data.add_argument("--dataloader_num_workers", type=int, default=None, help="DataLoader worker processes (default: the cores a process can spare, at most 4; 0 for --streaming, whose resume is exact only without workers).")
+    data.add_argument("--label_column", default=None, help="Train a class-conditional model on this column's classes ('label' for a videofolder whose sub-folders are the classes; 'triple' for Shapes) instead of captions.")
     add_shapes_arguments(parser)
 
     stages = parser.add_argument_group("curriculum: a --stages file, or one stage from the flags below (docs/method.md §7)")
@@ -120,7 +121,8 @@ def training_config_from_args(args, project: str = "videoar") -> TrainingConfig:
     data = DataOptions(
         dataset=args.dataset, image_dataset=args.image_dataset, dataset_config_name=args.dataset_config_name,
         split=args.split, streaming=args.streaming, fps=args.fps, clips_per_video=args.clips_per_video,
-        short_video=args.short_videos, num_workers=args.dataloader_num_workers, shapes=shapes_options_from_args(args),
+        short_video=args.short_videos, num_workers=args.dataloader_num_workers, label_column=args.label_column,
+        shapes=shapes_options_from_args(args),
     )  # fmt: skip
     return TrainingConfig(
         output_dir=Path(args.output_dir), stages=stages_from_args(args), data=data, seed=args.seed,

@@ -36,6 +36,7 @@ class DataOptions:
     clips_per_video: int | str = 1
     short_video: str = "skip"
     num_workers: int | None = None
+    label_column: str | None = None
     shapes: ShapesOptions = field(default_factory=ShapesOptions)
 
     def build(self, source: str, num_frames: int, resolution: int, seed: int, process_index: int = 0,
@@ -43,15 +44,21 @@ class DataOptions:
         """The clips of `source`: Shapes, or anything `load_video_dataset` reads (a videofolder, a saved `datasets`
         folder, a Hub dataset). A stream is sharded across processes here."""
         if source == "shapes":
-            return self.shapes.dataset(num_frames, resolution, seed)
+            return self.shapes.dataset(num_frames, resolution, seed, labels=self.label_column is not None)
         from ..video_data import load_video_dataset
 
         extra = {"name": self.dataset_config_name} if self.dataset_config_name else {}
         return load_video_dataset(
             source, num_frames=num_frames, resolution=resolution, fps=self.fps, split=self.split,
             streaming=self.streaming, seed=seed, short_video=self.short_video, clips_per_video=self.clips_per_video,
-            process_index=process_index, num_processes=num_processes, **extra,
+            process_index=process_index, num_processes=num_processes, label_column=self.label_column, **extra,
         )  # fmt: skip
+
+    def label_names(self) -> list[str]:
+        """The classes of `dataset` (`label_column`), read before training to size a class-conditional model."""
+        if self.dataset == "shapes":
+            return self.shapes.label_names
+        return self.build(self.dataset, 1, 8, 0).label_names
 
     def workers(self, num_processes: int) -> int:
         """`num_workers`, or by default the cores this process can spare (one left for the training step)."""

@@ -3,9 +3,9 @@
 from dataclasses import dataclass, field
 from functools import partial
 
-from torch.utils.data import ConcatDataset
+from torch.utils.data import ConcatDataset, Dataset
 
-from ..shapes import COLOURS, HELD_OUT_TRIPLES, ShapesDataset, parse_colour, training_triples
+from ..shapes import COLOURS, HELD_OUT_TRIPLES, ShapesDataset, all_triples, parse_colour, training_triples
 
 
 @dataclass
@@ -43,8 +43,18 @@ class ShapesOptions:
         except ValueError as error:
             raise ValueError(f"--shapes_new_colours: {error}") from error
 
-    def dataset(self, num_frames: int, resolution: int, seed: int):
-        """The training clips: held-out triples excluded unless `include_held_out`."""
+    @property
+    def label_names(self) -> list[str]:
+        """Class names of a class-conditional Shapes model: every (colour, shape, motion) triple of the palette."""
+        return [" ".join(triple) for triple in all_triples(self.palette)]
+
+    def dataset(self, num_frames: int, resolution: int, seed: int, labels: bool = False):
+        """The training clips: held-out triples excluded unless `include_held_out`; with `labels`, each clip's
+        triple as a class index (`label_names`)."""
+        dataset = self._clips(num_frames, resolution, seed)
+        return TripleLabels(dataset, self.label_names) if labels else dataset
+
+    def _clips(self, num_frames: int, resolution: int, seed: int):
         palette = self.palette
         held_out = () if self.include_held_out else HELD_OUT_TRIPLES
         triples = [t for t in training_triples(held_out, palette) if t.colour in (self.colours or palette)]
@@ -60,6 +70,20 @@ class ShapesOptions:
             if count
         ]
         return ConcatDataset(parts)
+
+
+class TripleLabels(Dataset):
+    """Shapes clips with `"label"`: the index of the clip's (colour, shape, motion) in `label_names`."""
+
+    def __init__(self, dataset, label_names: list[str]):
+        self.dataset, self.index = dataset, {name: i for i, name in enumerate(label_names)}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.dataset[index]
+        return {**item, "label": self.index[f"{item['colour']} {item['shape']} {item['motion']}"]}
 
 
 def add_shapes_arguments(parser) -> None:

@@ -96,7 +96,9 @@ class LatentCache(torch.utils.data.Dataset):
         if not 0 <= index < self.num_items:
             raise IndexError(f"index {index} out of range for {self.num_items} cached clips")
         with safe_open(self.folder / f"{index:08d}.safetensors", framework="pt") as file:
-            return {"latents": file.get_tensor("latents"), "text": file.metadata()["text"]}
+            metadata = file.metadata()
+            item = {"latents": file.get_tensor("latents"), "text": metadata["text"]}
+            return {**item, "label": int(metadata["label"])} if "label" in metadata else item
 
     @classmethod
     @torch.no_grad()
@@ -113,9 +115,11 @@ class LatentCache(torch.utils.data.Dataset):
             batch = collate([dataset[i] for i in indices])
             video = batch["video"].to(video_tokenizer.device, video_tokenizer.dtype)
             latents = video_tokenizer.encode(video).latents.float().cpu()
-            for i, x, text in zip(indices, latents, batch["text"]):
+            labels = batch.get("label", [None] * len(indices))
+            for i, x, text, label in zip(indices, latents, batch["text"], labels):
                 tmp = folder / f".{i:08d}.{os.getpid()}.tmp"
-                save_file({"latents": x.contiguous()}, tmp, metadata={"text": text})
+                metadata = {"text": text, **({} if label is None else {"label": str(int(label))})}
+                save_file({"latents": x.contiguous()}, tmp, metadata=metadata)
                 os.replace(tmp, folder / f"{i:08d}.safetensors")  # a kill never leaves half a file under the name
         accelerator.wait_for_everyone()
         return cls(folder, len(dataset))
@@ -168,6 +172,19 @@ class TextToVideoTrainer(Trainer):
         folder = self.config.output_dir / "latent_cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
         return LatentCache.build(dataset, folder, self.video_tokenizer, self.accelerator)
 
+    def prefix(self, batch: dict, generators) -> dict:
+        """The transformer's prefix arguments: captions, or class ids for a class model, each dropped (to the empty
+        prompt, or the null class) with probability `text_dropout`, for classifier-free guidance."""
+        keep = (uniform_noise((len(batch["text"]),), generators, "cpu") >= self.text_dropout).tolist()
+        num_classes = self.unwrapped.config.num_classes
+        if num_classes is not None:
+            labels = [int(label) if k else num_classes for label, k in zip(batch["label"], keep)]
+            return {"class_labels": torch.tensor(labels, device=self.accelerator.device)}
+        if not self.text_encoder.checked:
+            self.text_encoder.check_vocabulary(batch["text"])
+        text_states, text_mask = self.text_encoder([t if k else "" for t, k in zip(batch["text"], keep)])
+        return {"text_hidden_states": text_states, "text_attention_mask": text_mask}
+
     def training_step(self, batch, generators, step):
         device = self.accelerator.device
         if "latents" in batch:
@@ -175,10 +192,7 @@ class TextToVideoTrainer(Trainer):
         else:
             with torch.no_grad():
                 latents = self.video_tokenizer.encode(batch["video"].to(device, self.video_tokenizer.dtype)).latents.float()
-        if not self.text_encoder.checked:
-            self.text_encoder.check_vocabulary(batch["text"])
-        keep = (uniform_noise((len(batch["text"]),), generators, "cpu") >= self.text_dropout).tolist()
-        text_states, text_mask = self.text_encoder([t if k else "" for t, k in zip(batch["text"], keep)])
+        prefix = self.prefix(batch, generators)
         config = self.unwrapped.config
         scale_sizes = get_scale_sizes(config.scale_schedule, *latents.shape[-2:])
         pyramid = error_corrected_pyramid(self.video_tokenizer.quantizer, latents, scale_sizes, config, generators)
@@ -186,15 +200,16 @@ class TextToVideoTrainer(Trainer):
         if config.frame_mask_prob > 0:
             B, T = latents.shape[0], latents.shape[2]
             frame_keep = random_frame_keep(B, T, config.frame_mask_prob, config.frame_mask_window, generators, device)
-        output = self.model(pyramid.scale_inputs, text_states, text_mask, labels=pyramid.bits, frame_keep=frame_keep)
+        output = self.model(pyramid.scale_inputs, labels=pyramid.bits, frame_keep=frame_keep, **prefix)
         return output.loss, {}
 
     def pipeline(self, transformer):
         from ..pipeline_videoar import VideoARPipeline
 
+        text = self.text_encoder
         pipe = VideoARPipeline(
-            video_tokenizer=self.video_tokenizer, transformer=transformer, text_encoder=self.text_encoder.model,
-            tokenizer=self.text_encoder.tokenizer,
+            video_tokenizer=self.video_tokenizer, transformer=transformer, text_encoder=text and text.model,
+            tokenizer=text and text.tokenizer,
         )  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -207,9 +222,11 @@ class TextToVideoTrainer(Trainer):
         pipe = self.pipeline(self.unwrapped)
         folder.mkdir(parents=True, exist_ok=True)
         for i, prompt in enumerate(self.validation_prompts):
+            # a class model samples its first classes, one per validation prompt
+            condition = {"class_labels": i % pipe.transformer.config.num_classes} if pipe.is_class_conditional else {"prompt": prompt}
             video = pipe(
-                prompt, num_frames=stage.num_frames, height=stage.resolution, width=stage.resolution,
-                generator=torch.Generator().manual_seed(self.config.seed + i),
+                num_frames=stage.num_frames, height=stage.resolution, width=stage.resolution,
+                generator=torch.Generator().manual_seed(self.config.seed + i), **condition,
             ).frames[0]  # fmt: skip
             if self.accelerator.is_main_process:
                 export_to_video(list(video), str(folder / f"{i:02d}.mp4"), fps=8)
