@@ -185,5 +185,7 @@ VIDEOAR_PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, latent_bits=8, text_hidden_size=32),
     "L": dict(hidden_size=1536, num_hidden_layers=24, num_attention_heads=12),
     "XL": dict(hidden_size=2048, num_hidden_layers=32, num_attention_heads=16),
-    "4B": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32),
+    # the text-to-video model: 672x384 at f = 16 is a 24x42 latent grid, so its schedule ends at 42 (7:4 template)
+    "4B": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
+               scale_schedule=(1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 24, 32, 42)),
 }

@@ -13,7 +13,7 @@ from .causal_cnn import Decoder3D, Encoder3D, causal_streaming
 from .pipeline_folder import safetensors_only
 from .pipeline_inputs import require
 from .quantizer import MultiScaleBitwiseQuantizer
-from .scale_schedule import get_scale_sizes, validate_scale_schedule
+from .scale_schedule import get_scale_sizes, nearest_served_grids, validate_scale_schedule
 
 
 @dataclass
@@ -172,9 +172,11 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
             return get_scale_sizes(self.config.scale_schedule, height // f, width // f)
         except ValueError as error:
             sides = [s * f for s in self.config.scale_schedule]
+            nearest = nearest_served_grids(self.config.scale_schedule, height // f, width // f)
             raise ValueError(
                 f"`height` x `width` = {height}x{width} (a {height // f}x{width // f} latent grid) is not served by "
-                f"`scale_schedule` {list(self.config.scale_schedule)}: the longer side must be one of {sides} pixels."
+                f"`scale_schedule` {list(self.config.scale_schedule)}: the longer side must be one of {sides} pixels. "
+                f"Nearest served sizes: {', '.join(f'{h * f}x{w * f}' for h, w in nearest)}."
             ) from error
 
     def validate_video_shape(self, num_frames: int, height: int, width: int) -> None:
