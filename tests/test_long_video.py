@@ -101,3 +101,12 @@ def test_short_videos_are_sampled_in_one_window_as_before(pipe):
     assert frames.shape == (1, 9, 32, 32, 3) and reference.shape[2] == 3
     assert sum(block["cached"] == 0 for block in seen) == 2, "one window per call"
     assert np.isfinite(frames).all()
+
+
+def test_129_frames_from_a_model_trained_on_17_and_stream_stay_in_the_trained_range():
+    pipe = tiny_pipeline()
+    pipe.transformer.config.max_latent_frames = 5  # what train_videoar.py records for 17-frame clips
+    seen = watch_blocks(pipe)
+    assert pipe(PROMPT, num_frames=129).frames.shape == (1, 129, 32, 32, 3)
+    assert sum(chunk.shape[1] for chunk in pipe.stream(PROMPT, num_frames=129)) == 129
+    assert max(block["frame"] for block in seen) == 4
