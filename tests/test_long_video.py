@@ -37,8 +37,9 @@ def test_a_long_video_stays_inside_the_trained_positions_and_a_bounded_cache(pip
     assert max(block["frame"] for block in seen) == 2, "temporal positions restart in each window"
     tokens_per_frame = 1 + 4 + 16
     assert max(block["cached"] for block in seen) < 3 * tokens_per_frame + 64, "the cache never outgrows a window"
-    # 9 latent frames in windows of 3 that re-encode 1 frame: 3, then 1 + 2 three times: 12 frames of passes
-    assert len(seen) == pipe.num_timesteps == 12 * 3
+    # 9 latent frames in windows of 3 that re-encode 1 frame: 3 x 3 passes, then three times the re-encoded frame in
+    # one pass and 2 x 3 passes
+    assert len(seen) == pipe.num_timesteps == 9 + 3 * (1 + 6)
 
 
 def test_stream_yields_the_frames_of_call(pipe):
@@ -110,3 +111,28 @@ def test_129_frames_from_a_model_trained_on_17_and_stream_stay_in_the_trained_ra
     assert pipe(PROMPT, num_frames=129).frames.shape == (1, 129, 32, 32, 3)
     assert sum(chunk.shape[1] for chunk in pipe.stream(PROMPT, num_frames=129)) == 129
     assert max(block["frame"] for block in seen) == 4
+
+
+def test_prefilling_known_frames_in_one_pass_equals_running_them_block_by_block():
+    pipe = tiny_pipeline()
+    transformer, quantizer = pipe.transformer, pipe.video_tokenizer.quantizer
+    text, mask, _, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)
+    latents = torch.randn(1, 8, 3, 4, 4)
+    pyramid = quantizer.residual_quantize(latents, transformer.scale_sizes(4, 4))
+    inputs = [x.flatten(2, 3) for x in pyramid.scale_inputs]  # (B, T, h*w, d) per scale
+
+    def next_logits(prefill: bool):
+        cache = transformer.init_cache(4, 4)
+        with torch.no_grad():
+            if prefill:  # frames 0 and 1 in one pass
+                packed = torch.cat([inputs[k][:, t] for t in range(2) for k in range(3)], dim=1)
+                transformer(packed, text, mask, cache=cache)
+            else:
+                for t in range(2):
+                    for k in range(3):
+                        first = t == 0 and k == 0
+                        transformer(None if first else inputs[k][:, t], text if first else None,
+                                    mask if first else None, cache=cache)  # fmt: skip
+            return transformer(inputs[0][:, 2], cache=cache).logits
+
+    torch.testing.assert_close(next_logits(prefill=True), next_logits(prefill=False), atol=1e-5, rtol=1e-5)

@@ -33,9 +33,10 @@ class VideoARCache(Cache):
         """(frame, scale) of the block the next call runs."""
         return divmod(self.num_blocks, len(self.scale_sizes))
 
-    def append_tokens(self, blocks_N: torch.Tensor, frames_N: torch.Tensor, valid_BN: torch.Tensor) -> None:
-        """Record the tokens of one block (the prefix included on the first); counts as one block."""
-        self.num_blocks += 1
+    def append_tokens(self, blocks_N: torch.Tensor, frames_N: torch.Tensor, valid_BN: torch.Tensor,
+                      num_blocks: int = 1) -> None:  # fmt: skip
+        """Record the tokens of one block, or of `num_blocks` prefilled ones (the prefix included on the first)."""
+        self.num_blocks += num_blocks
         if self.is_empty:
             self.token_blocks, self.token_frames, self.token_valid = blocks_N, frames_N, valid_BN
             self.text_lengths = valid_BN[:, blocks_N == TEXT_BLOCK].sum(-1)

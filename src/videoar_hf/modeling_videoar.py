@@ -324,13 +324,17 @@ class VideoARTransformer(VideoARPreTrainedModel):
     def _forward_cached_block(self, cache: VideoARCache, scale_input, text_hidden_states, text_attention_mask,
                               class_labels):  # fmt: skip
         frame, scale = cache.next_block
-        layout = TokenLayout(frame + 1, tuple(cache.scale_sizes))
-        coords_N4 = layout.token_coords(range(frame, frame + 1), range(scale, scale + 1)).to(self.device)
+        num_frames = self._prefill_frames(cache, scale_input)
+        blocks = (range(frame, frame + num_frames), range(len(cache.scale_sizes))) if num_frames else (
+            range(frame, frame + 1), range(scale, scale + 1))  # fmt: skip
+        layout = TokenLayout(frame + max(num_frames, 1), tuple(cache.scale_sizes))
+        coords_N4 = layout.token_coords(*blocks).to(self.device)
         n = coords_N4.shape[0]
         if cache.is_empty:  # the prefix rides along with the first block
             prefix_BLC, prefix_valid_BL = self._embed_prefix(text_hidden_states, text_attention_mask, class_labels)
             prefix_lengths_B = prefix_valid_BL.sum(-1)
-            scale_input = torch.zeros(len(prefix_BLC), n, self.config.latent_bits, device=self.device)  # start token
+            if not num_frames:
+                scale_input = torch.zeros(len(prefix_BLC), n, self.config.latent_bits, device=self.device)  # start token
         else:
             if scale_input is None:
                 raise ValueError(f"The cached pass for frame {frame}, scale {scale} needs its `scale_inputs`.")
@@ -350,13 +354,30 @@ class VideoARTransformer(VideoARPreTrainedModel):
         window = self.config.frame_mask_window
         if window is not None and scale == 0:
             cache.drop_frames_before(frame - window)  # out of every later token's sight: memory stays flat
-        cache.append_tokens(blocks_N, frames_N, valid_BN)
-        frame_keep = frame_window_keep(B, frame + 1, window, device=self.device)
+        cache.append_tokens(blocks_N, frames_N, valid_BN, num_blocks=len(blocks[0]) * len(blocks[1]))
+        frame_keep = frame_window_keep(B, frame + len(blocks[0]), window, device=self.device)
         rule = BlockCausalRule(
             blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep, self._causal_text
         )
         hidden_BNC = self.norm(self._run_layers(hidden_BNC, position_ids_BN3, rule, cache))
         return VideoARTransformerOutput(logits=self.bit_head(hidden_BNC[:, -n:]), last_hidden_state=hidden_BNC, cache=cache)
+
+    def _prefill_frames(self, cache: VideoARCache, scale_input) -> int:
+        """How many whole frames a cached pass runs at once: 0 for one block, or F when `scale_input` packs the inputs
+        of F whole frames `(B, F * tokens per frame, d)` from a frame's start (known frames: conditioning or
+        re-encoded ones, whose blocks need no sampling in between)."""
+        frame, scale = cache.next_block
+        per_frame = TokenLayout(1, tuple(cache.scale_sizes)).num_tokens
+        h, w = cache.scale_sizes[scale]
+        if scale_input is None or scale_input.dim() != 3 or scale_input.shape[1] == h * w:
+            return 0
+        if scale != 0 or scale_input.shape[1] % per_frame:
+            raise ValueError(
+                f"A cached pass of several blocks takes whole frames from a frame's start: `scale_inputs` "
+                f"(B, F * {per_frame}, {self.config.latent_bits}) at scale 0; got {tuple(scale_input.shape)} at frame "
+                f"{frame}, scale {scale}."
+            )
+        return scale_input.shape[1] // per_frame
 
     @property
     def _causal_text(self) -> bool:

@@ -210,7 +210,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
     @property
     def num_timesteps(self) -> int:
-        """Forward passes of this call: `latent frames x scales` (one callback step each)."""
+        """Forward passes of this call: `latent frames x scales`, with given frames (conditioning, re-encoded) in one
+        pass per window; a callback step for each sampled block."""
         return self._num_timesteps
 
     @property
@@ -444,7 +445,10 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if sampling.is_windowed and o["output_type"] == "latent":
             raise ValueError("`output_type='latent'` is not available when the video is re-encoded between windows "
                              "(longer than `transformer.config.max_latent_frames`, or with `next_prompts`).")  # fmt: skip
-        self._num_timesteps = sum(count for _, count in self._windows_plan(sampling)) * num_scales
+        plan = self._windows_plan(sampling)
+        given = [given_bits[0].shape[1] if given_bits else 0] + [end - first for (first, _), end in
+                 zip(plan[1:], [f + c for f, c in plan])]  # fmt: skip
+        self._num_timesteps = sum(passes(count, g, num_scales) for (_, count), g in zip(plan, given))
         return sampling
 
     @property
@@ -500,7 +504,12 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         latents = torch.zeros(s.batch, quantizer.latent_bits, w.num_frames, *s.latent_size, device=s.device)
         scale_input = None
         with self._lora_scale(o["attention_kwargs"]["scale"]):
-            for frame in range(w.num_frames):
+            if w.num_given:  # known frames go through the cache in one pass, as a prompt is prefilled
+                scale_input = self._prefill_given(cache, latents, w)
+                progress_bar.update(w.num_given * len(scale_sizes))
+                for _ in range(w.num_given):
+                    yield latents
+            for frame in range(w.num_given, w.num_frames):
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
                         return
@@ -510,18 +519,15 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                         cond, uncond = logits.chunk(2)
                         guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
-                    if frame < w.num_given:
-                        bits_BhwD = w.given_bits[scale][:, frame]
-                    else:
-                        bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
-                        bits_BhwD = bits.reshape(s.batch, *size, -1)
+                    bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
+                    bits_BhwD = bits.reshape(s.batch, *size, -1)
                     next_size = scale_sizes[(scale + 1) % len(scale_sizes)]  # after the last scale: the next frame
                     latents[:, :, frame], scale_input = quantizer.accumulate(latents[:, :, frame], bits_BhwD, next_size)
 
                     if o["callback_on_step_end"] is not None:
                         available = {"latents": latents, "logits": logits}
                         callback_kwargs = {k: available[k] for k in o["callback_on_step_end_tensor_inputs"]}
-                        step = first_step + frame * len(scale_sizes) + scale
+                        step = first_step + passes(frame, w.num_given, len(scale_sizes)) + scale
                         timestep = (w.first_frame + frame, scale)
                         callback_outputs = o["callback_on_step_end"](self, step, timestep, callback_kwargs) or {}
                         if "latents" in callback_outputs:  # the next block starts from the callback's latents
@@ -529,6 +535,20 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                             _, scale_input = quantizer.accumulate(latents[:, :, frame], None, next_size)
                     progress_bar.update()
                 yield latents
+
+    def _prefill_given(self, cache, latents, w: "_Window") -> torch.Tensor:
+        """Run the window's given frames (conditioning or re-encoded) through the cache in one transformer pass,
+        writing their features into `latents`; return the input of the first block to sample."""
+        quantizer, scale_sizes = self.video_tokenizer.quantizer, cache.scale_sizes
+        inputs = [torch.zeros(latents.shape[0], 1, latents.shape[1], device=latents.device)]  # the start token
+        for frame in range(w.num_given):
+            for scale in range(len(scale_sizes)):
+                next_size = scale_sizes[(scale + 1) % len(scale_sizes)]
+                latents[:, :, frame], next_input = quantizer.accumulate(latents[:, :, frame], w.given_bits[scale][:, frame], next_size)
+                inputs.append(next_input.flatten(1, 2))
+        packed = torch.cat(inputs[:-1], dim=1)
+        self.transformer(packed.repeat(1 + self.do_classifier_free_guidance, 1, 1), cache=cache, **w.prefix)
+        return inputs[-1].unflatten(1, scale_sizes[0])
 
     def _decoded_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
         """Pixel frames `(B, 3, t, H, W)` in [-1, 1], a latent frame's worth at a time (one frame, then
@@ -557,7 +577,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                             yield sample
                 if self.interrupt:
                     return
-                step, end = step + count * num_scales, first + count
+                step, end = step + passes(count, window.num_given, num_scales), first + count
 
     def _current_guidance(self, frame: int, scale: int, num_frames: int, num_scales: int) -> float:
         # read each pass, so a callback that sets `_guidance_scale` takes effect from the next pass on
@@ -687,6 +707,13 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         for sample in self._decoded_frames(sampling):
             yield self.video_processor.postprocess_video(sample, output_type=output_type)
         self.maybe_free_model_hooks()
+
+
+def passes(num_frames: int, num_given: int, num_scales: int) -> int:
+    """Transformer passes for a window's first `num_frames` frames: one for its given frames (prefilled together),
+    one per scale of each sampled frame."""
+    given = min(num_given, num_frames)
+    return (1 if given else 0) + (num_frames - given) * num_scales
 
 
 @dataclass
