@@ -554,11 +554,12 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         """Pixel frames `(B, 3, t, H, W)` in [-1, 1], a latent frame's worth at a time (one frame, then
         `temporal_compression_ratio` each), window after window. A later window starts on the end of the video so
         far, decoded and encoded again by the causal tokenizer (docs/method.md §8: frame re-encoding), so the
-        temporal positions restart inside the trained range and the cache never outgrows one window."""
+        temporal positions restart inside the trained range and the cache never outgrows one window. The decoder
+        streams across windows: it decodes each new frame once, after the frames it has already shown."""
         num_scales, tau = len(self.transformer.scale_sizes(*s.latent_size)), self.video_tokenizer.config.temporal_compression_ratio
         recent: list[torch.Tensor] = []  # the last `context` latent frames of the video, as pixels
         step, end = 0, 0
-        with self.progress_bar(total=self.num_timesteps) as progress_bar:
+        with self.progress_bar(total=self.num_timesteps) as progress_bar, causal_streaming(self.video_tokenizer.decoder):
             for first, count in self._windows_plan(s):
                 context = end - first
                 given = s.given_bits
@@ -568,13 +569,13 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     given = self.video_tokenizer.quantize(latents).bits
                 prefix = [p for start, p in s.prefixes if start <= end][-1]
                 window = _Window(first, count, given, prefix)
-                with causal_streaming(self.video_tokenizer.decoder):
-                    for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
-                        chunk = latents[:, :, frame : frame + 1].to(self.video_tokenizer.dtype)
-                        sample = self.video_tokenizer.decode(chunk).sample.float()  # continues the stream
-                        if frame >= context:  # the re-encoded frames are already out
-                            recent = (recent + [sample])[-s.context :]
-                            yield sample
+                for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
+                    if frame < context:  # re-encoded frames: already decoded and shown
+                        continue
+                    chunk = latents[:, :, frame : frame + 1].to(self.video_tokenizer.dtype)
+                    sample = self.video_tokenizer.decode(chunk).sample.float()  # continues the stream
+                    recent = (recent + [sample])[-s.context :]
+                    yield sample
                 if self.interrupt:
                     return
                 step, end = step + passes(count, window.num_given, num_scales), first + count
