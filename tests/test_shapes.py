@@ -223,3 +223,21 @@ def test_constants_follow_the_spec():
         "yellow": (255, 255, 0),
         "white": (255, 255, 255),
     }
+
+
+def test_bouncing_clips_of_any_length_stay_inside_and_reflect_off_the_edges():
+    from videoar_hf.shapes import ShapesDataset, render_clip
+
+    clip = render_clip("red", "square", "right", size=10, speed=2.0, start=(50.5, 20.5), num_frames=129, resolution=64,
+                       bounce=True)  # fmt: skip
+    xs = clip.centres[:, 0]
+    assert clip.masks.any(axis=(1, 2)).all(), "the object is in every frame"
+    assert xs.min() >= 4.5 and xs.max() <= 64 - 5.5, "inside the frame"
+    steps = np.diff(xs)
+    assert steps[0] > 0 and (steps < 0).any() and (steps > 0)[-20:].any(), "right first, then back, then right again"
+    assert (clip.centres[:, 1] == clip.centres[0, 1]).all()
+    dataset = ShapesDataset(8, num_frames=129, resolution=64, bounce=True)
+    assert dataset[3]["video"].shape == (3, 129, 64, 64)
+    assert all(dataset.clip(i).triple not in dataset.held_out for i in range(8))
+    with pytest.raises(ValueError, match="too small"):
+        ShapesDataset(8, num_frames=129, resolution=64)  # without bouncing the path cannot fit

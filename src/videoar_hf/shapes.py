@@ -163,10 +163,12 @@ def render_clip(
     resolution: int = 64,
     colours: Palette = COLOURS,
     caption: str | None = None,
+    bounce: bool = False,
 ) -> ShapesClip:
     """Draw one clip: the object's centre is `start` (x, y) at frame 0 and moves `speed` px per frame.
 
-    `caption` defaults to the first template. Raises ValueError if the object leaves the frame.
+    `caption` defaults to the first template. Raises ValueError if the object leaves the frame; with `bounce`, it
+    reflects off the frame's edges instead, so a clip of any length is well defined (`motion` is the first direction).
     """
     _check_palette(colours)
     _check_triple(Triple(colour, shape, motion), colours, "render_clip")
@@ -176,7 +178,10 @@ def render_clip(
     if speed <= 0:
         raise ValueError(f"speed must be > 0 px per frame, got {speed}")
     offsets = np.arange(num_frames)[:, None] * speed * np.array(_DIRECTIONS[motion])
-    corners = np.floor(np.asarray(start) - (size - 1) / 2 + offsets + 0.5).astype(int)
+    path = np.asarray(start) - (size - 1) / 2 + offsets
+    if bounce:
+        path = _reflect(path, resolution - size)
+    corners = np.floor(path + 0.5).astype(int)
     if corners.min() < 0 or corners.max() + size > resolution:
         raise ValueError(f"start={start} with size={size}, speed={speed} leaves the {resolution}x{resolution} frame")
     if caption is None:
@@ -204,18 +209,20 @@ def sample_clip(
     num_frames: int = 17,
     resolution: int = 64,
     colours: Palette = COLOURS,
+    bounce: bool = False,
 ) -> ShapesClip:
-    """A random clip: triple from `triples` (default: all), then size, speed, start and caption, from `rng`."""
+    """A random clip: triple from `triples` (default: all), then size, speed, start and caption, from `rng`. With
+    `bounce`, the object reflects off the edges (any `num_frames`); otherwise its whole path fits the frame."""
     triples = all_triples(colours) if triples is None else _as_triples(triples, colours, "triples")
     if not triples:
         raise ValueError("triples must not be empty")
-    _check_room(num_frames, resolution)
+    _check_room(num_frames, resolution, bounce)
     triple = triples[rng.integers(len(triples))]
     min_size, max_size = _size_range(resolution)
     size = int(rng.integers(min_size, max_size + 1))
     speed = float(rng.uniform(*_speed_range(resolution)))
-    # the first frame's corner leaves room for the whole path: the object stays inside in every frame
-    travel = speed * (num_frames - 1) * np.array(_DIRECTIONS[triple.motion])
+    # the first frame's corner leaves room for the whole path (or anywhere, when the object bounces)
+    travel = (0 if bounce else speed * (num_frames - 1)) * np.array(_DIRECTIONS[triple.motion])
     corner = rng.uniform(np.maximum(0, -travel), resolution - size - np.maximum(0, travel))
     return render_clip(
         *triple,
@@ -226,13 +233,23 @@ def sample_clip(
         resolution=resolution,
         colours=colours,
         caption=caption_for(*triple, rng),
+        bounce=bounce,
     )
+
+
+def _reflect(path: np.ndarray, limit: float) -> np.ndarray:
+    """Positions folded into [0, limit], as a point that bounces off both ends: a triangle wave of period 2 limit."""
+    if limit <= 0:
+        return np.zeros_like(path)
+    folded = np.mod(path, 2 * limit)
+    return np.where(folded > limit, 2 * limit - folded, folded)
 
 
 class ShapesDataset(Dataset):
     """`num_clips` Shapes clips; item i is the same clip for the same `seed`, whatever else is read.
 
-    `triples` defaults to every triple of `colours` except `held_out`. An item is the model-facing dict
+    `triples` defaults to every triple of `colours` except `held_out`; with `bounce`, objects reflect off the edges
+    and clips may be any length. An item is the model-facing dict
     `{"video": float32 (3, T, H, W) in [-1, 1], "text": caption, "colour", "shape", "motion"}`;
     `clip(i)` gives the `ShapesClip` with its ground truth.
     """
@@ -246,11 +263,13 @@ class ShapesDataset(Dataset):
         resolution: int = 64,
         colours: Palette = COLOURS,
         held_out: Sequence[Triple] = HELD_OUT_TRIPLES,
+        bounce: bool = False,
     ):
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
         _check_palette(colours)
-        _check_room(num_frames, resolution)
+        _check_room(num_frames, resolution, bounce)
+        self.bounce = bounce
         self.held_out = _as_triples(held_out, colours, "held_out")
         self.triples = (
             training_triples(self.held_out, colours) if triples is None else _as_triples(triples, colours, "triples")
@@ -275,6 +294,7 @@ class ShapesDataset(Dataset):
             num_frames=self.num_frames,
             resolution=self.resolution,
             colours=self.colours,
+            bounce=self.bounce,
         )
 
     def __getitem__(self, index: int) -> dict:
@@ -354,11 +374,12 @@ def _check_num_frames(num_frames: int) -> None:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
 
 
-def _check_room(num_frames: int, resolution: int) -> None:
-    """Raise ValueError unless the largest, fastest object fits its whole path into the frame."""
+def _check_room(num_frames: int, resolution: int, bounce: bool = False) -> None:
+    """Raise ValueError unless the largest, fastest object fits its whole path into the frame (with `bounce`: fits
+    the frame at all)."""
     _check_num_frames(num_frames)
     size, speed = _size_range(resolution)[1], _speed_range(resolution)[1]
-    needed = size + speed * (num_frames - 1)
+    needed = size + (0 if bounce else speed * (num_frames - 1))
     if needed > resolution:
         raise ValueError(
             f"resolution={resolution} is too small for num_frames={num_frames}: the largest object ({size} px) "

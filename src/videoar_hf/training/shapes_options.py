@@ -11,13 +11,15 @@ from ..shapes import COLOURS, HELD_OUT_TRIPLES, ShapesDataset, all_triples, pars
 @dataclass
 class ShapesOptions:
     """What a Shapes training set holds. `new_colours` are `NAME=R,G,B` specs added to the palette; `colours`
-    restricts training to some palette colours; `new_colour_share` fixes the share of clips in the new colours."""
+    restricts training to some palette colours; `new_colour_share` fixes the share of clips in the new colours;
+    with `bounce`, objects reflect off the edges (long clips)."""
 
     num_clips: int = 2048
     include_held_out: bool = False
     new_colours: list[str] = field(default_factory=list)
     new_colour_share: float | None = None
     colours: list[str] | None = None
+    bounce: bool = False
 
     def __post_init__(self):
         if self.num_clips < 1:
@@ -58,7 +60,8 @@ class ShapesOptions:
         palette = self.palette
         held_out = () if self.include_held_out else HELD_OUT_TRIPLES
         triples = [t for t in training_triples(held_out, palette) if t.colour in (self.colours or palette)]
-        part = partial(ShapesDataset, num_frames=num_frames, resolution=resolution, colours=palette, held_out=held_out)
+        part = partial(ShapesDataset, num_frames=num_frames, resolution=resolution, colours=palette, held_out=held_out,
+                       bounce=self.bounce)  # fmt: skip
         if self.new_colour_share is None:
             return part(self.num_clips, seed=seed, triples=triples)
         # a fixed share of new-colour clips, so a LoRA learns them without forgetting the rest; each part its own seed
@@ -93,10 +96,11 @@ def add_shapes_arguments(parser) -> None:
     group.add_argument("--shapes_new_colours", nargs="+", default=[], metavar="NAME=R,G,B", help="Colours added to the palette, e.g. orange=255,128,0.")
     group.add_argument("--shapes_new_colour_share", type=float, default=None, metavar="P", help="The share of clips in the new colours, the rest in the original ones (default: every triple equally likely).")
     group.add_argument("--shapes_colours", nargs="+", default=None, metavar="NAME", help="Train on these colours of the palette alone (default: all).")
+    group.add_argument("--shapes_bounce", action="store_true", help="Objects bounce off the frame's edges, so clips of any length are well defined (the caption names the first direction).")
 
 
 def shapes_options_from_args(args) -> ShapesOptions:
     return ShapesOptions(
         num_clips=args.num_clips, include_held_out=args.include_held_out, new_colours=args.shapes_new_colours,
-        new_colour_share=args.shapes_new_colour_share, colours=args.shapes_colours,
+        new_colour_share=args.shapes_new_colour_share, colours=args.shapes_colours, bounce=args.shapes_bounce,
     )  # fmt: skip
