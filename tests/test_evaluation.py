@@ -358,3 +358,21 @@ def test_tokenizer_psnr_matches_a_hand_computation():
 def test_tokenizer_psnr_of_a_random_tokenizer_is_finite_and_low(pipe64):
     psnr = tokenizer_psnr(pipe64.video_tokenizer, [red_circle_moving_left(num_frames=5).video])
     assert math.isfinite(psnr) and psnr < TARGETS["tokenizer"]["psnr"]
+
+
+def test_bounce_consistency_of_long_bouncing_clips():
+    from videoar_hf.evaluation import analyse_clip, bounce_consistency
+    from videoar_hf.shapes import render_clip
+
+    def clip(motion, start, **kwargs):
+        return render_clip("red", "square", motion, size=10, speed=2.0, start=start, num_frames=65, resolution=64,
+                           bounce=True, **kwargs).video  # fmt: skip
+
+    for motion, start in (("right", (50.5, 20.5)), ("up", (30.5, 10.5)), ("left", (5.5, 40.5))):
+        assert bounce_consistency(analyse_clip(clip(motion, start)), motion) == 1.0
+    away_from_the_edges = analyse_clip(clip("right", (15.5, 20.5)))  # right for 20 frames before its first bounce
+    assert bounce_consistency(away_from_the_edges, "left") < 0.75, "the first direction counts"
+    # turning back in mid-frame is no bounce
+    video = clip("right", (20.5, 20.5))
+    turned = np.concatenate([video[:10], video[9::-1]])
+    assert bounce_consistency(analyse_clip(turned), "right") < 0.6

@@ -236,6 +236,33 @@ def analyse_clip(frames: np.ndarray, palette: Palette = COLOURS) -> ClipAnalysis
     )
 
 
+def bounce_consistency(analysis: ClipAnalysis, first_motion: str, edge_margin: int = 2) -> float | None:
+    """The share of frame-to-frame steps consistent with an object that starts moving `first_motion` and bounces
+    off the frame's edges (Shapes with `bounce=True`): it moves at least half a pixel along the motion's axis, in the
+    current direction, or turns back while its box touches the edge it was heading for (within `edge_margin` px).
+    None when fewer than two frames show an object."""
+    axis, sign = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}[first_motion]
+    steps, consistent = 0, 0
+    for before, after in zip(analysis.frames, analysis.frames[1:]):
+        if before.mask is None or after.mask is None:
+            continue
+        steps += 1
+        move = after.centroid[axis] - before.centroid[axis]
+        at_edge = _touches_edge(before.mask, axis, sign, edge_margin)
+        if abs(move) >= 0.5 and np.sign(move) == sign:
+            consistent += 1
+        elif at_edge:  # turning back, or a step that reached the edge and came back within the frame interval
+            consistent += 1
+            sign = -sign if abs(move) >= 0.5 else sign
+    return consistent / steps if steps else None
+
+
+def _touches_edge(mask_HW: np.ndarray, axis: int, sign: int, margin: int) -> bool:
+    """Whether the object's box reaches within `margin` px of the edge it is heading for (axis 0: x, 1: y)."""
+    extent = np.nonzero(mask_HW.any(axis=axis))[0]  # the columns (axis 0) or rows (axis 1) it covers
+    return bool(extent[-1] >= mask_HW.shape[1 - axis] - 1 - margin) if sign > 0 else bool(extent[0] <= margin)
+
+
 def score_clip(analysis: ClipAnalysis, target: Triple) -> dict[str, bool]:
     """Whether the clip shows the target's colour, shape and motion."""
     return {field: getattr(analysis, field) == value for field, value in Triple(*target)._asdict().items()}
