@@ -5,6 +5,7 @@ A script subclasses `Trainer` and supplies only what differs: `training_step` (t
 optionally `auxiliary_step` (e.g. a GAN discriminator), `write_samples`, `extra_state` and `save_model`.
 """
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class TrainingConfig:
         self.output_dir = Path(self.output_dir)
 
 
-class Trainer:
+class Trainer(ABC):
     """Trains `model` (its parameters that require grad) over `config.stages`; see the module docstring.
 
     `accelerator` comes from `make_accelerator`. Call `setup()` (with any other model and optimizer of the step),
@@ -74,10 +75,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ what a script supplies
 
+    @abstractmethod
     def training_step(self, batch: dict, generators: list[torch.Generator], step: int) -> tuple[torch.Tensor, dict]:
         """The loss of one micro-batch, and detached scalars to log. `generators`: one per sample, for every random
         draw (see `data.sample_generators`)."""
-        raise NotImplementedError
 
     def auxiliary_step(self, step: int) -> dict:
         """Runs after the model's optimizer step of every micro-batch (e.g. a discriminator); returns scalars to log."""
@@ -113,9 +114,9 @@ class Trainer:
         """Tensors outside the prepared objects that a checkpoint must hold (the EMA's are added by the loop)."""
         return {}
 
+    @abstractmethod
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Save the final model from its full state dict (main process only)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ the loop
 
