@@ -114,6 +114,8 @@ def test_eval_bad_input(model_dir, capsys):
     assert "argument --num-prompts: must be a positive integer, got 0" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--suites", "nonsense", "--num-prompts", "1"]) == 2
     assert "nonsense" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--suites", "long", "--long-num-frames", "64"]) == 2
+    assert "`long_num_frames` must be 1 + 4k frames, got 64" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--new-colours", "orange"]) == 2
     assert "--new-colours: a colour is NAME=R,G,B" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--lora", "/no/adapter"]) == 2

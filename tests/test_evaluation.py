@@ -19,6 +19,9 @@ from videoar_hf.evaluation import (
     evaluate_pipeline,
     held_out_suite,
     label_components,
+    long_suite,
+    paraphrase_suite,
+    score_frames,
     motion_direction,
     nearest_colour,
     new_colour_suite,
@@ -218,7 +221,8 @@ def test_evaluate_pipeline_batches_seeded_cases(pipe64):
     expected_prompts = [prompt_for(*case) for case in suite.cases]
     assert [record["prompt"] for record in result["samples"]] == expected_prompts
     assert "guidance_scale" not in recording.calls[0][1]  # None keeps the pipeline's default
-    metric_names = {"num_samples", "colour", "shape", "motion", "one_object", "area_spread", "colour_consistency"}
+    metric_names = {"num_samples", "colour", "shape", "motion", "one_object", "area_spread", "colour_consistency",
+                    "colour_kept", "shape_kept", "bounce", "first_error_frame"}  # fmt: skip
     assert set(result["metrics"]) == metric_names
     assert result["metrics"]["num_samples"] == 3
     assert result["videos"][0]["frames"].shape == (5, 64, 64, 3) and result["videos"][0]["frames"].dtype == np.uint8
@@ -243,28 +247,35 @@ def test_continuation_starts_from_the_reference_first_frame(pipe64):
 
 def test_run_evaluation_writes_the_report(pipe64, tmp_path):
     report = run_evaluation(
-        pipe64, tmp_path, num_prompts=2, seeds_per_held_out=1, num_frames=5, resolution=64, progress=False
+        pipe64, tmp_path, num_prompts=2, seeds_per_held_out=1, num_frames=5, long_prompts=1, long_num_frames=37,
+        resolution=64, progress=False,
     )
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written == report
-    assert list(written["suites"]) == ["train", "held_out", "continuation", "tokenizer"]
-    assert [len(written["suites"][name]["samples"]) for name in ("train", "held_out", "continuation")] == [2, 5, 2]
+    assert list(written["suites"]) == ["train", "held_out", "continuation", "tokenizer", "paraphrases", "long"]
+    lengths = [len(written["suites"][name]["samples"]) for name in ("train", "held_out", "continuation", "paraphrases", "long")]
+    assert lengths == [2, 5, 2, 2, 1]
     assert math.isfinite(written["suites"]["tokenizer"]["metrics"]["psnr"])
     table = (tmp_path / "metrics.md").read_text()
-    assert "| suite | cases | colour % | shape % | motion % | one object % | tokenizer PSNR dB | result |" in table
+    assert ("| suite | cases | colour % | shape % | motion % | one object % | tokenizer PSNR dB | colour kept % | "
+            "shape kept % | bounce % | first error frame | result |") in table
     for name in written["suites"]:
         assert f"| {name} |" in table
-    assert "FAIL" in table  # random weights
+    assert "FAIL" in table and "| report |" in table  # random weights; paraphrases have no target
     grid = PIL.Image.open(tmp_path / "samples.png")
-    assert grid.width > 5 * 128 and grid.height > 6 * 128  # 5 frames a row, 2 videos from each of 3 suites
+    # 2 videos from each of 5 suites; the 37-frame one shows every 3rd frame, 13 columns
+    assert grid.width > 13 * 128 and grid.height > 10 * 128
 
 
 class PerfectPipeline:
-    """Returns the real Shapes clip of each prompt's triple, and reconstructs videos exactly."""
+    """Returns the real Shapes clip of each prompt's triple (bouncing, `long_num_frames` long, for `long_cases`), and
+    reconstructs videos exactly."""
 
-    def __init__(self, cases, palette=COLOURS):
+    def __init__(self, cases, palette=COLOURS, paraphrase_cases=(), long_cases=(), long_num_frames=65):
         self.clips = {prompt_for(*case): reference_clip(*case, palette=palette) for case in cases}
         self.clips.update({reference_clip(*case, palette=palette).caption: reference_clip(*case, palette=palette) for case in cases})
+        self.clips.update({prompt_for(*case, paraphrase=True): reference_clip(*case) for case in paraphrase_cases})
+        self.clips.update({prompt_for(*case): reference_clip(*case, num_frames=long_num_frames, bounce=True) for case in long_cases})
         self.video_tokenizer = IdentityTokenizer()
 
     def __call__(self, prompts, **options):
@@ -274,12 +285,19 @@ class PerfectPipeline:
 def test_a_perfect_pipeline_passes_every_target(tmp_path):
     suites = [train_suite(4), held_out_suite(1), continuation_suite(4)]
     cases = [case for suite in suites for case in suite.cases]
-    report = run_evaluation(PerfectPipeline(cases), tmp_path, num_prompts=4, seeds_per_held_out=1, progress=False)
+    pipe = PerfectPipeline(cases, paraphrase_cases=paraphrase_suite(4).cases, long_cases=long_suite(3).cases)
+    report = run_evaluation(pipe, tmp_path, num_prompts=4, seeds_per_held_out=1, long_prompts=3, long_num_frames=65,
+                            progress=False)  # fmt: skip
     assert all(result["passed"] for result in report["suites"].values())
     assert report["suites"]["train"]["metrics"]["colour"] == 1.0
+    assert report["suites"]["paraphrases"]["metrics"]["shape"] == 1.0
+    long = report["suites"]["long"]["metrics"]
+    assert long["colour_kept"] == long["shape_kept"] == long["bounce"] == long["one_object"] == 1.0
+    assert long["first_error_frame"] == 65
     assert report["suites"]["tokenizer"]["metrics"]["psnr"] == MAX_PSNR
-    assert (tmp_path / "metrics.md").read_text().count("PASS") == 4
-    assert "100.0 (≥ 95)" in (tmp_path / "metrics.md").read_text()
+    table = (tmp_path / "metrics.md").read_text()
+    assert table.count("PASS") == 5 and table.count("| report |") == 1
+    assert "100.0 (≥ 95)" in table and "| 65.00 | PASS |" in table and long["motion"] is None
 
 
 def test_unknown_suites_are_rejected(tmp_path):
@@ -313,9 +331,10 @@ def test_a_model_that_draws_red_for_orange_fails_the_new_colours(tmp_path):
 def test_new_colours_run_by_default_and_are_checked(tmp_path):
     suite = new_colour_suite(["orange"], 2)
     pipe = PerfectPipeline(suite.cases + train_suite(2).cases + held_out_suite(1).cases + continuation_suite(2).cases,
-                           {**COLOURS, **ORANGE})  # fmt: skip
-    report = run_evaluation(pipe, tmp_path, new_colours=ORANGE, num_prompts=2, seeds_per_held_out=1, progress=False)
-    assert list(report["suites"]) == ["train", "held_out", "continuation", "tokenizer", "new_colours"]
+                           {**COLOURS, **ORANGE}, paraphrase_suite(2).cases, long_suite(1).cases, 21)  # fmt: skip
+    report = run_evaluation(pipe, tmp_path, new_colours=ORANGE, num_prompts=2, seeds_per_held_out=1, long_prompts=1,
+                            long_num_frames=21, progress=False)  # fmt: skip
+    assert list(report["suites"]) == ["train", "held_out", "continuation", "tokenizer", "paraphrases", "long", "new_colours"]
     with pytest.raises(ValueError, match="'new_colours' suite needs `new_colours`"):
         run_evaluation(pipe, tmp_path, suites=["new_colours"])
     with pytest.raises(ValueError, match=r"\['red'\] are already Shapes colours"):
@@ -358,6 +377,50 @@ def test_tokenizer_psnr_matches_a_hand_computation():
 def test_tokenizer_psnr_of_a_random_tokenizer_is_finite_and_low(pipe64):
     psnr = tokenizer_psnr(pipe64.video_tokenizer, [red_circle_moving_left(num_frames=5).video])
     assert math.isfinite(psnr) and psnr < TARGETS["tokenizer"]["psnr"]
+
+
+def test_score_frames_finds_the_first_error():
+    video = render_clip("red", "square", "right", size=10, speed=2.0, start=(30.5, 20.5), num_frames=65, bounce=True).video
+    target = Triple("red", "square", "right")
+    assert score_frames(analyse_clip(video), target) == {"colour_kept": 1.0, "shape_kept": 1.0, "bounce": 1.0,
+                                                         "first_error_frame": 65}  # fmt: skip
+    drifting = video.copy()
+    drifting[40:] = drifting[40:][..., [1, 0, 2]]  # red turns green at frame 40
+    scores = score_frames(analyse_clip(drifting), target)
+    assert scores["colour_kept"] == pytest.approx(40 / 65) and scores["shape_kept"] == 1.0
+    assert scores["first_error_frame"] == 40
+    stray = video.copy()
+    stray[20:, 55:60, 2:7] = (0, 0, 255)  # a second object from frame 20
+    assert score_frames(analyse_clip(stray), target)["first_error_frame"] == 20
+    assert score_frames(analyse_clip(np.zeros_like(video)), target) == {"colour_kept": 0.0, "shape_kept": 0.0,
+                                                                        "bounce": 0.0, "first_error_frame": 0}  # fmt: skip
+
+
+def test_paraphrases_are_not_training_captions():
+    from videoar_hf.shapes import CAPTION_TEMPLATES, SHAPE_NOUNS, _MOTION_WORDS
+
+    suite = paraphrase_suite()
+    assert suite.paraphrase and set(suite.triples) == set(training_triples()) and len(set(suite.seeds)) == 100
+    prompts = [prompt_for(*case, paraphrase=True) for case in suite.cases]
+    assert len(set(prompts)) > 50
+    for (colour, shape, motion), prompt in zip(suite.triples, prompts):
+        captions = {template.format(colour=colour, shape=noun, **_MOTION_WORDS[motion])
+                    for template in CAPTION_TEMPLATES for noun in SHAPE_NOUNS[shape]}  # fmt: skip
+        assert prompt not in captions and colour in prompt and shape in prompt and motion in prompt
+
+
+def test_long_suite_fails_a_model_that_stops_bouncing(tmp_path):
+    cases = long_suite(2).cases
+    pipe = PerfectPipeline([], long_cases=cases, long_num_frames=65)
+    for triple, seed in cases:  # the object stops at the edge instead of turning back
+        clip = pipe.clips[prompt_for(triple, seed)]
+        stopped = reference_clip(triple, seed, num_frames=17)  # no bounce: a straight path that fits the frame
+        clip.video = np.concatenate([stopped.video, np.repeat(stopped.video[-1:], 48, axis=0)])
+    report = run_evaluation(pipe, tmp_path, suites=["long"], long_prompts=2, long_num_frames=65, progress=False)
+    long = report["suites"]["long"]
+    assert long["metrics"]["colour_kept"] == 1.0 and long["metrics"]["bounce"] < 0.5 and not long["passed"]
+    with pytest.raises(ValueError, match="`long_num_frames` must be 1 \\+ 4k"):
+        run_evaluation(pipe, tmp_path, suites=["long"], long_num_frames=64)
 
 
 def test_bounce_consistency_of_long_bouncing_clips():

@@ -99,14 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None, help="Pipeline folder or Hub repo id (default: as for generate).")
     ev.add_argument("-o", "--output-dir", default="eval", help="Where metrics.json, metrics.md and samples.png go.")
     ev.add_argument("--suites", nargs="+", default=None,
-                    help="Any of: train, held_out, continuation, tokenizer, new_colours (default: all but new_colours, "
-                    "which runs when --new-colours is given).")  # fmt: skip
+                    help="Any of: train, held_out, continuation, tokenizer, paraphrases, long, new_colours (default: all "
+                    "but new_colours, which runs when --new-colours is given).")  # fmt: skip
     ev.add_argument("--new-colours", nargs="+", default=[], metavar="NAME=R,G,B",
                     help="Colours a finetune added, e.g. orange=255,128,0: known to every suite, prompted by new_colours.")
     ev.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="As for generate.")
     ev.add_argument("--num-prompts", type=positive_int, default=100, help="Prompts of the train and continuation suites.")
     ev.add_argument("--seeds-per-held-out", type=positive_int, default=20, help="Seeds per held-out triple.")
     ev.add_argument("--num-frames", type=positive_int, default=17, help="Frames per generated video.")
+    ev.add_argument("--long-prompts", type=positive_int, default=50, help="Prompts of the long suite.")
+    ev.add_argument("--long-num-frames", type=positive_int, default=129, help="Frames per video of the long suite (1 + 4k).")
     ev.add_argument("--resolution", type=positive_int, default=64, help="Pixel side of generated videos.")
     ev.add_argument("--guidance-scale", default=None, help="A number or a schedule name (default: the pipeline's).")
     ev.add_argument("--batch-size", type=positive_int, default=8, help="Videos generated per pipeline call.")
@@ -316,7 +318,8 @@ def evaluate(args: argparse.Namespace) -> str:
     try:
         report = run_evaluation(
             pipe, args.output_dir, suites=args.suites, new_colours=new_colours, num_prompts=args.num_prompts,
-            seeds_per_held_out=args.seeds_per_held_out, num_frames=args.num_frames, resolution=args.resolution,
+            seeds_per_held_out=args.seeds_per_held_out, num_frames=args.num_frames, long_prompts=args.long_prompts,
+            long_num_frames=args.long_num_frames, resolution=args.resolution,
             guidance_scale=guidance, batch_size=args.batch_size,
         )  # fmt: skip
     except ValueError as error:
