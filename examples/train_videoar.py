@@ -15,9 +15,12 @@ import json
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModel, AutoTokenizer
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTokenizer, VideoARTransformer
+from videoar_hf.cli import one_line
+from videoar_hf.configuration_videoar import TRAINING_FIELDS
 from videoar_hf.training import add_training_args, check_training_args, make_accelerator, run_script, training_config_from_args
 from videoar_hf.training.text_to_video import TextEncoder, TextToVideoTrainer
 
@@ -29,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text_encoder", default=None, help="Folder or Hub id of a transformers text encoder (frozen); its tokenizer is read from there too unless --text_tokenizer. Not used by a class-conditional model (--label_column).")
     model.add_argument("--text_tokenizer", default=None, help="Folder or Hub id of the text encoder's tokenizer, when it lives elsewhere (e.g. a pipeline's `tokenizer` folder).")
     model.add_argument("--transformer_preset", default="tiny", help="VideoARConfig preset of a new transformer: tiny, L, XL or 4B.")
-    model.add_argument("--transformer_config", default=None, help="JSON of VideoARConfig fields over the preset, e.g. '{\"hidden_size\": 256}'.")
+    model.add_argument("--transformer_config", default=None, help="JSON of VideoARConfig fields over the preset, e.g. '{\"hidden_size\": 256}'; with --pretrained_transformer, new values of its training fields (CFEC, frame mask, loss weighting) for a later stage.")
     model.add_argument("--pretrained_transformer", default=None, help="Continue from this VideoARTransformer instead.")
     model.add_argument("--text_dropout", type=float, default=0.1, help="Probability of training on the empty prompt, for classifier-free guidance (docs/method.md §7).")
     model.add_argument("--precompute", action="store_true", help="Encode each clip once per stage into a cache on disk (output_dir/latent_cache, reused by a re-run) and memoize captions; train on the cached latents.")
@@ -48,9 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("Pass --text_encoder for a text-to-video model, or --label_column for a class-conditional one.")
     if args.transformer_config is not None:
         try:
-            json.loads(args.transformer_config)
+            fields = json.loads(args.transformer_config)
         except json.JSONDecodeError as error:
             parser.error(f"--transformer_config is not valid JSON: {error}")
+        if not isinstance(fields, dict):
+            parser.error(f"--transformer_config must be a JSON object of VideoARConfig fields, got {args.transformer_config!r}.")
+        fixed = sorted(set(fields) - set(TRAINING_FIELDS))
+        if args.pretrained_transformer and fixed:
+            parser.error(f"--transformer_config with --pretrained_transformer may set training fields only "
+                         f"({', '.join(TRAINING_FIELDS)}), not {fixed}.")  # fmt: skip
     return args
 
 
@@ -75,16 +84,31 @@ def new_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, lab
     return VideoARTransformer(VideoARConfig.from_preset(args.transformer_preset, **matching, **json.loads(args.transformer_config or "{}")))
 
 
+def build_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, label_names: list[str] | None):
+    """The pretrained transformer with the given training fields (a later stage's), or a new one."""
+    fields = json.loads(args.transformer_config or "{}")
+    try:
+        if not args.pretrained_transformer:
+            return new_transformer(args, video_tokenizer, text_encoder, label_names)
+        # trainable weights stay fp32 even from a bf16 export
+        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)
+        for field, value in fields.items():
+            setattr(transformer.config, field, value)
+        transformer.config.validate_architecture()
+        return transformer
+    except (StrictDataclassError, ValueError) as error:
+        if not fields:
+            raise
+        raise ValueError(f"--transformer_config {args.transformer_config}: {one_line(error)}") from error
+
+
 def main(args: argparse.Namespace) -> Path:
     config = training_config_from_args(args, project="train_videoar")
     accelerator = make_accelerator(config, args.mixed_precision, args.report_to)
     video_tokenizer = VideoARTokenizer.from_pretrained(args.tokenizer).to(accelerator.device).eval().requires_grad_(False)
     text_encoder = load_text_encoder(args, accelerator.device) if args.text_encoder else None
     label_names = config.data.label_names() if args.label_column else None
-    if args.pretrained_transformer:  # trainable weights stay fp32 even from a bf16 export
-        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)
-    else:
-        transformer = new_transformer(args, video_tokenizer, text_encoder, label_names)
+    transformer = build_transformer(args, video_tokenizer, text_encoder, label_names)
     # the pipeline re-encodes past the longest clip trained on (docs/method.md §8)
     trained_frames = max(video_tokenizer.num_latent_frames(stage.num_frames) for stage in config.stages)
     transformer.config.max_latent_frames = max(trained_frames, transformer.config.max_latent_frames or 0)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videoar_hf import VideoARPipeline
+from videoar_hf import VideoARPipeline, VideoARTransformer
 from videoar_hf.testing_utils import tiny_pipeline
 from videoar_hf.training import NonFiniteLossError
 from videoar_hf.training.text_to_video import TextToVideoTrainer
@@ -246,3 +246,26 @@ def test_precompute_caches_latents_on_disk_and_a_rerun_reuses_them(components, t
     script.main(script.parse_args(args))
     assert not encoded, "the second run trained from the cache"
     assert sorted((tmp_path / "latent_cache").rglob("*.safetensors")) == cached
+
+
+def test_a_later_stage_gives_a_pretrained_transformer_new_training_fields(components, tmp_path, capsys):
+    """Stage III (docs/method.md §7): long bouncing clips from a pretrained transformer, with the frame mask and a
+    window switched on for this stage alone; the weights' shape-giving fields cannot change."""
+    script = load_script()
+    stage = '{"frame_mask_prob": 0.3, "frame_mask_window": 2, "error_correction": false}'
+    pretrained = str(components / "pipeline" / "transformer")
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "2", "--num_frames", "9",
+                                       "--shapes_bounce", "--pretrained_transformer", pretrained,
+                                       "--transformer_config", stage))  # fmt: skip
+    config = VideoARTransformer.from_pretrained(script.main(args) / "transformer").config
+    assert (config.frame_mask_prob, config.frame_mask_window, config.error_correction) == (0.3, 2, False)
+    assert config.max_latent_frames == 3 and config.hidden_size == VideoARTransformer.from_pretrained(pretrained).config.hidden_size
+    with pytest.raises(SystemExit):
+        script.parse_args(base_args(components, tmp_path, "--pretrained_transformer", pretrained,
+                                    "--transformer_config", '{"hidden_size": 128, "frame_mask_prob": 0.2}'))  # fmt: skip
+    err = capsys.readouterr().err
+    assert "may set training fields only" in err and "not ['hidden_size']" in err
+    args = script.parse_args(base_args(components, tmp_path / "bad", "--max_train_steps", "1", "--pretrained_transformer",
+                                       pretrained, "--transformer_config", '{"frame_mask_window": 0}'))  # fmt: skip
+    with pytest.raises(ValueError, match='--transformer_config {"frame_mask_window": 0}: `frame_mask_window` must be'):
+        script.main(args)

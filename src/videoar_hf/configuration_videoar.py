@@ -177,6 +177,11 @@ CHOICES = {
     "loss_scale_weighting": ("infinity", "uniform"),
 }
 
+# fields that change how the model trains (and, for the window, which past frames it attends to), not its weights:
+# a later stage may give a pretrained model new values (docs/method.md §7, stage III)
+TRAINING_FIELDS = ("error_correction", "flip_rate_min", "flip_rate_max", "flip_rate_delta", "flip_rate_inheritance",
+                   "frame_mask_prob", "frame_mask_window", "loss_scale_weighting")  # fmt: skip
+
 # fields whose default differs from what configs saved before the field existed were trained with
 SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}
 
