@@ -265,6 +265,8 @@ def test_run_evaluation_writes_the_report(pipe64, tmp_path):
     grid = PIL.Image.open(tmp_path / "samples.png")
     # 2 videos from each of 5 suites; the 37-frame one shows every 3rd frame, 13 columns
     assert grid.width > 13 * 128 and grid.height > 10 * 128
+    strip = PIL.Image.open(tmp_path / "long_video.png")  # 37 frames, 16 to a row
+    assert strip.width > 16 * 128 and strip.height > 3 * 128
 
 
 class PerfectPipeline:

@@ -82,6 +82,7 @@ PARAPHRASE_TEMPLATES = (
 )
 VIDEOS_PER_SUITE_IN_GRID = 2
 GRID_MAX_FRAMES = 17
+STRIP_FRAMES_PER_ROW = 16
 FRAME_SCORES = ("colour_kept", "shape_kept", "bounce", "first_error_frame")
 
 
@@ -545,8 +546,8 @@ def run_evaluation(
     progress: bool = True,
 ) -> dict:
     """Run the standard suites on a pipeline (or a folder / Hub id to load one) and write into `output_dir`:
-    `metrics.json` (everything, per-case records included), `metrics.md` (the table against `TARGETS`) and, when a
-    suite generated videos, `samples.png`. The "tokenizer" suite reconstructs the held-out suite's real clips; the
+    `metrics.json` (everything, per-case records included), `metrics.md` (the table against `TARGETS`), when a
+    suite generated videos `samples.png`, and with the "long" suite `long_video.png`, its first video frame by frame. The "tokenizer" suite reconstructs the held-out suite's real clips; the
     "long" suite generates `long_prompts` videos of `long_num_frames` frames, every other suite `num_frames`.
 
     `new_colours` (name -> RGB) are colours a finetune added: every suite names colours from the palette extended
@@ -573,7 +574,7 @@ def run_evaluation(
     options = dict(num_frames=num_frames, resolution=resolution)
     generation = dict(guidance_scale=guidance_scale, batch_size=batch_size, **options)
     palette = {**COLOURS, **new_colours}
-    results, grid_rows = {}, []
+    results, grid_rows, strip_rows = {}, [], []
     for name in suites:
         if name == "tokenizer":
             results[name] = _tokenizer_suite(pipe, standard["held_out"], **options)
@@ -584,9 +585,11 @@ def run_evaluation(
                 paraphrase=suite.paraphrase, progress=progress, description=name, keep_videos=VIDEOS_PER_SUITE_IN_GRID,
                 palette=palette, **{**generation, "num_frames": long_num_frames if name == "long" else num_frames},
             )  # fmt: skip
-            grid_rows += [_grid_row(name, video) for video in results[name].pop("videos")]
+            videos = results[name].pop("videos")
+            grid_rows += [_grid_row(name, video) for video in videos]
             if name == "long":  # a bouncing clip's net motion means nothing; "bounce" scores it frame by frame
                 results[name]["metrics"]["motion"] = None
+                strip_rows = _strip_rows(videos[0])
         results[name]["passed"] = meets_targets(results[name]["metrics"], TARGETS[name])
     report = {
         "settings": dict(num_prompts=num_prompts, seeds_per_held_out=seeds_per_held_out, new_colours=new_colours,
@@ -594,7 +597,7 @@ def run_evaluation(
         "targets": {name: TARGETS[name] for name in suites},
         "suites": results,
     }
-    _write_report(report, grid_rows, Path(output_dir))
+    _write_report(report, grid_rows, strip_rows, Path(output_dir))
     return report
 
 
@@ -624,12 +627,21 @@ def _as_pipeline(model_or_pipe, device: str | None) -> VideoARPipeline:
     return model_or_pipe if device is None else model_or_pipe.to(device)
 
 
-def _write_report(report: dict, grid_rows: list, output_dir: Path) -> None:
+def _strip_rows(video: dict) -> list[tuple[str, np.ndarray]]:
+    """Every frame of a long video, `STRIP_FRAMES_PER_ROW` to a row."""
+    frames = video["frames"]
+    return [(f"{video['prompt']}: frames {start}-{min(start + STRIP_FRAMES_PER_ROW, len(frames)) - 1}",
+             frames[start : start + STRIP_FRAMES_PER_ROW]) for start in range(0, len(frames), STRIP_FRAMES_PER_ROW)]  # fmt: skip
+
+
+def _write_report(report: dict, grid_rows: list, strip_rows: list, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "metrics.md").write_text(metrics_markdown(report))
     if grid_rows:
         save_sample_grid(grid_rows, output_dir / "samples.png")
+    if strip_rows:
+        save_sample_grid(strip_rows, output_dir / "long_video.png")
 
 
 # (metric key, column title, shown as a percentage); the drift columns only when the "long" suite ran
