@@ -330,7 +330,8 @@ def reference_clip(
     triple: Triple, seed: int, *, num_frames: int = 17, resolution: int = 64, palette: Palette = COLOURS,
     bounce: bool = False,
 ) -> ShapesClip:
-    """The real Shapes clip of case (triple, seed): a continuation starts from its first frame and its caption."""
+    """The real Shapes clip of case (triple, seed): a continuation starts from its first frame and its caption. With
+    `bounce`, the object reflects off the edges, as in the long suite's training data."""
     rng = np.random.default_rng(seed)
     return sample_clip(rng, triples=[triple], num_frames=num_frames, resolution=resolution, colours=palette, bounce=bounce)
 
