@@ -398,6 +398,16 @@ def test_score_frames_finds_the_first_error():
                                                                         "bounce": 0.0, "first_error_frame": 0}  # fmt: skip
 
 
+def test_real_bouncing_clips_score_perfectly_frame_by_frame():
+    from videoar_hf.shapes import sample_clip
+
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        clip = sample_clip(rng, triples=training_triples(), num_frames=129, bounce=True)
+        assert score_frames(analyse_clip(clip.video), clip.triple) == {"colour_kept": 1.0, "shape_kept": 1.0,
+                                                                       "bounce": 1.0, "first_error_frame": 129}  # fmt: skip
+
+
 def test_paraphrases_are_not_training_captions():
     from videoar_hf.shapes import CAPTION_TEMPLATES, SHAPE_NOUNS, _MOTION_WORDS
 
@@ -426,8 +436,7 @@ def test_long_suite_fails_a_model_that_stops_bouncing(tmp_path):
 
 
 def test_bounce_consistency_of_long_bouncing_clips():
-    from videoar_hf.evaluation import analyse_clip, bounce_consistency
-    from videoar_hf.shapes import render_clip
+    from videoar_hf.evaluation import _touches_edge, bounce_consistency
 
     def clip(motion, start, **kwargs):
         return render_clip("red", "square", motion, size=10, speed=2.0, start=start, num_frames=65, resolution=64,
@@ -441,3 +450,8 @@ def test_bounce_consistency_of_long_bouncing_clips():
     video = clip("right", (20.5, 20.5))
     turned = np.concatenate([video[:10], video[9::-1]])
     assert bounce_consistency(analyse_clip(turned), "right") < 0.6
+    # reaching the edge and staying there is no bounce either
+    straight = clip("right", (35.5, 20.5))[:13]  # 2 px a frame: the box reaches the right edge at frame 12
+    stuck = np.concatenate([straight, np.repeat(straight[-1:], 20, axis=0)])
+    assert _touches_edge(analyse_clip(stuck).frames[-1].mask, 0, 1, 2)
+    assert bounce_consistency(analyse_clip(stuck), "right") < 0.45

@@ -1,4 +1,6 @@
-"""The ablation ladder's table (docs/ablations.md) from each row's `videoar eval --suites long` reports.
+"""The ablation ladder's table (docs/ablations.md) from each row's `videoar eval --suites long` reports: per row and
+length, the mean over the prompts ± its standard error, so that a difference between rows can be read against the
+spread between prompts.
 
     python examples/shapes/ablation_table.py outputs/ablations base mst_rope time_cfec inheritance frame_mask
 """
@@ -7,27 +9,35 @@ import json
 import sys
 from pathlib import Path
 
-# (metric key, column title, as a percentage)
+import numpy as np
+
+# (column title, the per-case value, as a percentage)
 COLUMNS = (
-    ("one_object", "one object %", True),
-    ("colour_kept", "colour kept %", True),
-    ("shape_kept", "shape kept %", True),
-    ("bounce", "bounce %", True),
-    ("first_error_frame", "first error frame", False),
+    ("one object %", lambda sample: sample["analysis"]["one_object_share"], True),
+    ("colour kept %", lambda sample: sample["frames"]["colour_kept"], True),
+    ("shape kept %", lambda sample: sample["frames"]["shape_kept"], True),
+    ("bounce %", lambda sample: sample["frames"]["bounce"], True),
+    ("first error frame", lambda sample: sample["frames"]["first_error_frame"], False),
 )
 
 
+def cell(values: list[float], percent: bool) -> str:
+    scale = 100 if percent else 1
+    error = np.std(values, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{np.mean(values) * scale:.1f} ± {error * scale:.1f}"
+
+
 def table(work: Path, rows: list[str]) -> str:
-    lines = ["| row | frames | " + " | ".join(title for _, title, _ in COLUMNS) + " | final loss |",
+    lines = ["| row | frames | " + " | ".join(title for title, _, _ in COLUMNS) + " | final loss |",
              "|---" * (len(COLUMNS) + 3) + "|"]  # fmt: skip
     for row in rows:
         history = json.loads((work / row / "history.json").read_text())
-        losses = [entry["loss"] for entry in history if "loss" in entry][-4:]  # the last 200 steps at logging every 50
+        losses = [entry["loss"] for entry in history][-50:]  # the last 50 steps
         for report in sorted((work / row).glob("eval_*/metrics.json"), key=lambda path: int(path.parent.name[5:])):
-            metrics = json.loads(report.read_text())["suites"]["long"]["metrics"]
-            cells = [f"{metrics[key] * 100:.1f}" if percent else f"{metrics[key]:.1f}" for key, _, percent in COLUMNS]
+            samples = json.loads(report.read_text())["suites"]["long"]["samples"]
+            cells = [cell([value(sample) for sample in samples], percent) for _, value, percent in COLUMNS]
             frames = report.parent.name[5:]
-            lines.append(f"| {row} | {frames} | " + " | ".join(cells) + f" | {sum(losses) / len(losses):.4f} |")
+            lines.append(f"| {row} | {frames} | " + " | ".join(cells) + f" | {np.mean(losses):.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -261,21 +261,24 @@ def analyse_clip(frames: np.ndarray, palette: Palette = COLOURS) -> ClipAnalysis
 def bounce_consistency(analysis: ClipAnalysis, first_motion: str, edge_margin: int = 2) -> float | None:
     """The share of frame-to-frame steps consistent with an object that starts moving `first_motion` and bounces
     off the frame's edges (Shapes with `bounce=True`): it moves at least half a pixel along the motion's axis, in the
-    current direction, or turns back while its box touches the edge it was heading for (within `edge_margin` px).
-    None when fewer than two frames show an object."""
+    current direction, or turns back while its box touches the edge it was heading for (within `edge_margin` px). At
+    the edge one step may stall (the bounce can land it where it was), not two in a row: an object stuck at the edge
+    is not bouncing. None when fewer than two frames show an object."""
     axis, sign = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}[first_motion]
-    steps, consistent = 0, 0
+    steps, consistent, stalled = 0, 0, False
     for before, after in zip(analysis.frames, analysis.frames[1:]):
         if before.mask is None or after.mask is None:
             continue
         steps += 1
         move = after.centroid[axis] - before.centroid[axis]
         at_edge = _touches_edge(before.mask, axis, sign, edge_margin)
-        if abs(move) >= 0.5 and np.sign(move) == sign:
+        stall = abs(move) < 0.5
+        if not stall and np.sign(move) == sign:
             consistent += 1
-        elif at_edge:  # turning back, or a step that reached the edge and came back within the frame interval
+        elif at_edge and not (stall and stalled):  # turning back, or one step that bounced back to where it was
             consistent += 1
-            sign = -sign if abs(move) >= 0.5 else sign
+            sign = sign if stall else -sign
+        stalled = stall
     return consistent / steps if steps else None
 
 
