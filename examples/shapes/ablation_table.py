@@ -1,6 +1,6 @@
 """The ablation ladder's table (docs/ablations.md) from each row's `videoar eval --suites long` reports: per row and
 length, the mean over the prompts ± its standard error, so that a difference between rows can be read against the
-spread between prompts.
+spread between prompts; then shape kept per prompted shape.
 
     python examples/shapes/ablation_table.py outputs/ablations base mst_rope time_cfec inheritance frame_mask
 """
@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from videoar_hf.shapes import SHAPES
 
 # (column title, the per-case value, as a percentage)
 COLUMNS = (
@@ -27,6 +29,18 @@ def cell(values: list[float], percent: bool) -> str:
     return f"{np.mean(values) * scale:.1f} ± {error * scale:.1f}"
 
 
+def shape_table(work: Path, rows: list[str]) -> str:
+    """Shape kept, % of frames, per prompted shape: which shapes a row loses."""
+    lines = ["| row | frames | " + " | ".join(f"{shape} kept %" for shape in SHAPES) + " |",
+             "|---" * (len(SHAPES) + 2) + "|"]  # fmt: skip
+    for row in rows:
+        for report in sorted((work / row).glob("eval_*/metrics.json"), key=lambda path: int(path.parent.name[5:])):
+            samples = json.loads(report.read_text())["suites"]["long"]["samples"]
+            cells = [cell([s["frames"]["shape_kept"] for s in samples if s["target"]["shape"] == shape], True) for shape in SHAPES]
+            lines.append(f"| {row} | {report.parent.name[5:]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(work: Path, rows: list[str]) -> str:
     lines = ["| row | frames | " + " | ".join(title for title, _, _ in COLUMNS) + " | final loss |",
              "|---" * (len(COLUMNS) + 3) + "|"]  # fmt: skip
@@ -42,4 +56,4 @@ def table(work: Path, rows: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    print(table(Path(sys.argv[1]), sys.argv[2:]), end="")
+    print(table(Path(sys.argv[1]), sys.argv[2:]) + "\n" + shape_table(Path(sys.argv[1]), sys.argv[2:]), end="")
