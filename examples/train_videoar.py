@@ -87,11 +87,11 @@ def new_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, lab
 def build_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, label_names: list[str] | None):
     """The pretrained transformer with the given training fields (a later stage's), or a new one."""
     fields = json.loads(args.transformer_config or "{}")
+    if args.pretrained_transformer:  # trainable weights stay fp32 even from a bf16 export
+        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)
     try:
         if not args.pretrained_transformer:
             return new_transformer(args, video_tokenizer, text_encoder, label_names)
-        # trainable weights stay fp32 even from a bf16 export
-        transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)
         for field, value in fields.items():
             setattr(transformer.config, field, value)
         transformer.config.validate_architecture()
