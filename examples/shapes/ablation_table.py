@@ -29,15 +29,20 @@ def cell(values: list[float], percent: bool) -> str:
     return f"{np.mean(values) * scale:.1f} ± {error * scale:.1f}"
 
 
+def long_samples(row_dir: Path) -> list[tuple[str, list[dict]]]:
+    """(frames, the long suite's per-prompt records) of each `eval_<frames>` report of a row, shortest first."""
+    reports = sorted(row_dir.glob("eval_*/metrics.json"), key=lambda path: int(path.parent.name[5:]))
+    return [(report.parent.name[5:], json.loads(report.read_text())["suites"]["long"]["samples"]) for report in reports]
+
+
 def shape_table(work: Path, rows: list[str]) -> str:
     """Shape kept, % of frames, per prompted shape: which shapes a row loses."""
     lines = ["| row | frames | " + " | ".join(f"{shape} kept %" for shape in SHAPES) + " |",
              "|---" * (len(SHAPES) + 2) + "|"]  # fmt: skip
     for row in rows:
-        for report in sorted((work / row).glob("eval_*/metrics.json"), key=lambda path: int(path.parent.name[5:])):
-            samples = json.loads(report.read_text())["suites"]["long"]["samples"]
+        for frames, samples in long_samples(work / row):
             cells = [cell([s["frames"]["shape_kept"] for s in samples if s["target"]["shape"] == shape], True) for shape in SHAPES]
-            lines.append(f"| {row} | {report.parent.name[5:]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row} | {frames} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -47,10 +52,8 @@ def table(work: Path, rows: list[str]) -> str:
     for row in rows:
         history = json.loads((work / row / "history.json").read_text())
         losses = [entry["loss"] for entry in history][-50:]  # the last 50 steps
-        for report in sorted((work / row).glob("eval_*/metrics.json"), key=lambda path: int(path.parent.name[5:])):
-            samples = json.loads(report.read_text())["suites"]["long"]["samples"]
+        for frames, samples in long_samples(work / row):
             cells = [cell([value(sample) for sample in samples], percent) for _, value, percent in COLUMNS]
-            frames = report.parent.name[5:]
             lines.append(f"| {row} | {frames} | " + " | ".join(cells) + f" | {np.mean(losses):.4f} |")
     return "\n".join(lines) + "\n"
 

@@ -15,15 +15,9 @@ import numpy as np
 import torch
 
 from videoar_hf import VideoARPipeline
-from videoar_hf.evaluation import TRAIN_SEED_START, analyse_clip, prompt_for, reference_clip
+from videoar_hf.evaluation import TRAIN_SEED_START, analyse_clip, box_fill, prompt_for, reference_clip
 from videoar_hf.quantizer import unpack_scales
 from videoar_hf.shapes import SHAPES, training_triples
-
-
-def box_fill(mask_HW: np.ndarray) -> float:
-    """The share of the main object's bounding box it covers: 1 for a square, about 0.79 for a circle."""
-    rows, columns = np.nonzero(mask_HW.any(axis=1))[0], np.nonzero(mask_HW.any(axis=0))[0]
-    return float(mask_HW.sum() / ((rows[-1] - rows[0] + 1) * (columns[-1] - columns[0] + 1)))
 
 
 def read_back(pipe, bits, scale_sizes, latent_size) -> list:

@@ -193,7 +193,14 @@ def classify_shape(mask: np.ndarray) -> str:
     offset_x = (cols.mean() - (cols.min() + cols.max()) / 2) / width
     if max(abs(offset_y), abs(offset_x)) > TRIANGLE_MIN_CENTROID_OFFSET:
         return "triangle"
-    return "square" if len(rows) / (height * width) >= SQUARE_MIN_FILL else "circle"
+    return "square" if box_fill(mask) >= SQUARE_MIN_FILL else "circle"
+
+
+def box_fill(mask: np.ndarray) -> float:
+    """The share of an object's `(H, W)` bool mask's bounding box that it covers: 1 for a square, about pi / 4 for a
+    circle."""
+    rows, cols = np.nonzero(mask)
+    return float(len(rows) / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1)))
 
 
 def motion_direction(times: np.ndarray, centroids_T2: np.ndarray, frame_size: tuple[int, int]) -> str:
