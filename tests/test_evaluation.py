@@ -436,7 +436,7 @@ def test_long_suite_fails_a_model_that_stops_bouncing(tmp_path):
 
 
 def test_bounce_consistency_of_long_bouncing_clips():
-    from videoar_hf.evaluation import _touches_edge, bounce_consistency
+    from videoar_hf.evaluation import MAX_EDGE_STALL_STEPS, _touches_edge, bounce_consistency
 
     def clip(motion, start, **kwargs):
         return render_clip("red", "square", motion, size=10, speed=2.0, start=start, num_frames=65, resolution=64,
@@ -452,6 +452,13 @@ def test_bounce_consistency_of_long_bouncing_clips():
     assert bounce_consistency(analyse_clip(turned), "right") < 0.6
     # reaching the edge and staying there is no bounce either
     straight = clip("right", (35.5, 20.5))[:13]  # 2 px a frame: the box reaches the right edge at frame 12
-    stuck = np.concatenate([straight, np.repeat(straight[-1:], 20, axis=0)])
+    stuck = np.concatenate([straight, np.repeat(straight[-1:], 40, axis=0)])
     assert _touches_edge(analyse_clip(stuck).frames[-1].mask, 0, 1, 2)
-    assert bounce_consistency(analyse_clip(stuck), "right") < 0.45
+    assert bounce_consistency(analyse_clip(stuck), "right") < 0.35
+    # but turning round within one latent frame, as the tokenizer reconstructs a bounce, is one
+    def stall_at_the_edge(steps):  # `steps` steps without motion at the edge, then back the way it came
+        there = straight[:12]  # frame 12 has already bounced back to where frame 11 was
+        return analyse_clip(np.concatenate([there, np.repeat(there[-1:], steps - 1, axis=0), there[::-1]]))
+
+    assert bounce_consistency(stall_at_the_edge(MAX_EDGE_STALL_STEPS), "right") == 1.0
+    assert bounce_consistency(stall_at_the_edge(MAX_EDGE_STALL_STEPS + 1), "right") < 1.0
