@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, three times)
-and transformer loss (first and second run). A panel's runs follow each other on its step axis; runs whose
+"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, four times)
+and transformer loss (the first and second run, then stage III on bouncing clips). A panel's runs follow each other on its step axis; runs whose
 `history.json` is missing are left out.
 
     python examples/shapes/plot_curves.py outputs/shapes model_cards/assets/videoar-shapes-loss-curves.png
@@ -19,13 +19,13 @@ from videoar_hf.training import LossHistory  # noqa: E402
 PANELS = (
     (("tokenizer_stills",), "psnr", "tokenizer, stills: PSNR (dB)"),
     (
-        ("tokenizer", "tokenizer_decoder", "tokenizer_decoder2", "tokenizer_decoder3"),
+        ("tokenizer", "tokenizer_decoder", "tokenizer_decoder2", "tokenizer_decoder3", "tokenizer_decoder4"),
         "psnr",
         "tokenizer, clips, then decoder: PSNR (dB)",
     ),
-    (("transformer", "transformer_long"), "loss", "transformer: bitwise cross-entropy"),
+    (("transformer", "transformer_long", "transformer_bounce"), "loss", "transformer: bitwise cross-entropy"),
 )
-COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 
 
 def smoothed(values: list[float], window: int = 25) -> list[float]:

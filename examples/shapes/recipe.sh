@@ -23,15 +23,15 @@ tokenizer=(--num_clips 100000 --entropy_weight 0 --foreground_weight 4 --weight_
   --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$here/stages_tokenizer_video.yaml" \
   --output_dir "$work/tokenizer"
 
-# the decoder alone on full clips, three times: the encoder, and so every latent below, stays as it is; the second run
+# the decoder alone on full clips, four times: the encoder, and so every latent below, stays as it is; the second run
 # recolours fewer clips, the third weighs 2 px past the object's edge too, which stops a halo around the object that
-# cost PSNR and rounded squares' corners
+# cost PSNR and rounded squares' corners; the fourth runs longer at a lower learning rate
 decoder="$work/tokenizer/tokenizer"
-for run in "decoder 0 0.3 0" "decoder2 1 0.15 0" "decoder3 2 0.3 2"; do
-  read -r name seed mix dilation <<< "$run"
+for run in "decoder 0 0.3 0 decoder" "decoder2 1 0.15 0 decoder" "decoder3 2 0.3 2 decoder" "decoder4 3 0.3 2 decoder_long"; do
+  read -r name seed mix dilation stages <<< "$run"
   [ -d "$work/tokenizer_$name/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
     --seed "$seed" --colour_mix_prob "$mix" --foreground_dilation "$dilation" --pretrained_tokenizer "$decoder" \
-    --train_decoder_only --stages "$here/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer_$name"
+    --train_decoder_only --stages "$here/stages_tokenizer_$stages.yaml" --output_dir "$work/tokenizer_$name"
   decoder="$work/tokenizer_$name/tokenizer"
 done
 
@@ -44,10 +44,17 @@ transformer=(--precompute --tokenizer "$decoder" --text_encoder "$text_encoder" 
   --num_clips 6144 --pretrained_transformer "$work/transformer/pipeline/transformer" \
   --stages "$here/stages_transformer_long.yaml" --output_dir "$work/transformer_long"
 
-python "$here/export_shipped.py" "$work/transformer_long/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
+# stage III: bouncing 33-frame clips, the Random Frame Mask in a window of 4 past latent frames; the run records its
+# trained length (9 latent frames), past which the pipeline re-encodes
+[ -d "$work/transformer_bounce/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --seed 1 --num_clips 4096 --shapes_bounce --pretrained_transformer "$work/transformer_long/pipeline/transformer" \
+  --transformer_config '{"frame_mask_prob": 0.1, "frame_mask_window": 4}' --stages "$here/stages_transformer_bounce.yaml" \
+  --output_dir "$work/transformer_bounce"
+
+python "$here/export_shipped.py" "$work/transformer_bounce/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
 # the model card's figures and report
 assets="$root/model_cards/assets"
 python "$here/plot_curves.py" "$work" "$assets/videoar-shapes-loss-curves.png"
-for file in metrics.md metrics.json samples.png; do cp "$work/eval/$file" "$assets/videoar-shapes-$file"; done
+for file in metrics.md metrics.json samples.png long_video.png; do cp "$work/eval/$file" "$assets/videoar-shapes-${file//_/-}"; done
