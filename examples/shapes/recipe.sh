@@ -47,7 +47,7 @@ transformer=(--precompute --tokenizer "$decoder" --text_encoder "$text_encoder" 
 # stage III: bouncing 33-frame clips, the Random Frame Mask in a window of 4 past latent frames; the run records its
 # trained length (9 latent frames), past which the pipeline re-encodes
 [ -d "$work/transformer_bounce/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
-  --seed 1 --num_clips 4096 --shapes_bounce --pretrained_transformer "$work/transformer_long/pipeline/transformer" \
+  --seed 1 --num_clips 3072 --shapes_bounce --pretrained_transformer "$work/transformer_long/pipeline/transformer" \
   --transformer_config '{"frame_mask_prob": 0.1, "frame_mask_window": 4}' --stages "$here/stages_transformer_bounce.yaml" \
   --output_dir "$work/transformer_bounce"
 

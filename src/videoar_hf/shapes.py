@@ -54,6 +54,8 @@ HELD_OUT_TRIPLES = (
 REFERENCE_RESOLUTION = 64
 SIZE_RANGE = (10, 18)
 SPEED_RANGE = (1.0, 2.0)
+# a bouncing object first travels this many frames (the plain clips' length) in its caption's direction
+FIRST_LEG_FRAMES = 17
 
 # (dx, dy) per frame: y grows downward, as in image rows
 _DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -212,7 +214,8 @@ def sample_clip(
     bounce: bool = False,
 ) -> ShapesClip:
     """A random clip: triple from `triples` (default: all), then size, speed, start and caption, from `rng`. With
-    `bounce`, the object reflects off the edges (any `num_frames`); otherwise its whole path fits the frame."""
+    `bounce`, the object reflects off the edges (any `num_frames`) after a first leg of `FIRST_LEG_FRAMES` frames in
+    the caption's direction; otherwise its whole path fits the frame."""
     triples = all_triples(colours) if triples is None else _as_triples(triples, colours, "triples")
     if not triples:
         raise ValueError("triples must not be empty")
@@ -221,8 +224,10 @@ def sample_clip(
     min_size, max_size = _size_range(resolution)
     size = int(rng.integers(min_size, max_size + 1))
     speed = float(rng.uniform(*_speed_range(resolution)))
-    # the first frame's corner leaves room for the whole path (or anywhere, when the object bounces)
-    travel = (0 if bounce else speed * (num_frames - 1)) * np.array(_DIRECTIONS[triple.motion])
+    # the first frame's corner leaves room for the whole path; a bouncing object's for its first leg, so that the
+    # direction the caption names is what the first frames show
+    leg_frames = min(num_frames, FIRST_LEG_FRAMES) if bounce else num_frames
+    travel = min(speed * (leg_frames - 1), resolution - size) * np.array(_DIRECTIONS[triple.motion])
     corner = rng.uniform(np.maximum(0, -travel), resolution - size - np.maximum(0, travel))
     return render_clip(
         *triple,
