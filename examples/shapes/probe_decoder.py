@@ -15,8 +15,16 @@ import numpy as np
 import torch
 
 from videoar_hf import VideoARTokenizer
-from videoar_hf.evaluation import analyse_clip, box_fill, long_suite, reconstruct_clip, reference_clip, score_frames
-from videoar_hf.evaluation import held_out_suite, tokenizer_psnr
+from videoar_hf.evaluation import (
+    analyse_clip,
+    box_fill,
+    held_out_suite,
+    long_suite,
+    reconstruct_clip,
+    reference_clip,
+    score_frames,
+    tokenizer_psnr,
+)
 from videoar_hf.shapes import SHAPES
 
 
