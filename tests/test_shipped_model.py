@@ -8,13 +8,13 @@ import torch
 from videoar_hf import VideoARPipeline, shipped_model_path
 from videoar_hf.evaluation import (
     analyse_clip,
-    long_suite,
-    prompt_for,
-    score_frames,
     evaluate_pipeline,
     held_out_suite,
+    long_suite,
+    prompt_for,
     reconstruct_clip,
     reference_clip,
+    score_frames,
     tokenizer_psnr,
     train_suite,
 )
