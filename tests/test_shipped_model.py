@@ -53,13 +53,13 @@ def test_it_follows_the_prompt_s_colour_and_motion(shipped):
 
 
 def test_it_re_encodes_past_its_trained_length_and_keeps_the_object(shipped):
-    # model card: at 129 frames one object in 99.8 % of frames, colour kept in 98.5 %; 33 frames were trained
-    assert shipped.transformer.config.max_latent_frames == 9
+    # model card: at 129 frames one object in 99.8 % of frames, colour kept in 98.6 %; 65 frames were trained
+    assert shipped.transformer.config.max_latent_frames == 17
     triple, seed = long_suite(1).cases[0]
-    video = shipped(prompt_for(triple, seed), num_frames=65, generator=torch.Generator().manual_seed(seed),
+    video = shipped(prompt_for(triple, seed), num_frames=81, generator=torch.Generator().manual_seed(seed),
                     output_type="np").frames[0]  # fmt: skip
     analysis = analyse_clip(video)
-    assert len(analysis.frames) == 65 and analysis.one_object_share >= 0.9
+    assert len(analysis.frames) == 81 and analysis.one_object_share >= 0.9
     assert score_frames(analysis, triple)["colour_kept"] >= 0.9
 
 
@@ -67,7 +67,7 @@ def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
     # model card: 31.79 dB on the evaluator's 100 held-out clips; of these 14 real squares at least half read as
     # squares after the round trip (a decoder shipped before the halo fix: 29.67 dB and none)
     tokenizer = shipped.video_tokenizer
-    assert tokenizer_psnr(tokenizer, [reference_clip(*case).video for case in held_out_suite(2).cases]) >= 30
+    assert tokenizer_psnr(tokenizer, [reference_clip(*case).video for case in held_out_suite(2).cases]) >= 31
     squares = [reference_clip(*case).video for case in train_suite(48).cases if case[0].shape == "square"]
     shapes = [analyse_clip(reconstruct_clip(tokenizer, clip)).shape for clip in squares]
     assert len(squares) == 14 and shapes.count("square") >= 7, shapes

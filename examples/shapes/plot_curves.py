@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, four times)
-and transformer loss (the first and second run, then stage III on bouncing clips). A panel's runs follow each other
-on its step axis; runs whose `history.json` is missing are left out.
+"""One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, four
+times) and transformer loss (the first and second run, then stage III on bouncing 33- and 65-frame clips). A panel's
+runs follow each other on its step axis; runs whose `history.json` is missing are left out.
 
     python examples/shapes/plot_curves.py outputs/shapes model_cards/assets/videoar-shapes-loss-curves.png
 """
@@ -23,7 +23,11 @@ PANELS = (
         "psnr",
         "tokenizer, clips, then decoder: PSNR (dB)",
     ),
-    (("transformer", "transformer_long", "transformer_bounce"), "loss", "transformer: bitwise cross-entropy"),
+    (
+        ("transformer", "transformer_long", "transformer_bounce", "transformer_bounce_long"),
+        "loss",
+        "transformer: bitwise cross-entropy",
+    ),
 )
 COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
 

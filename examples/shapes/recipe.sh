@@ -35,23 +35,32 @@ for run in "decoder 0 0.3 0 decoder" "decoder2 1 0.15 0 decoder" "decoder3 2 0.3
   decoder="$work/tokenizer_$name/tokenizer"
 done
 
-transformer=(--precompute --tokenizer "$decoder" --text_encoder "$text_encoder" --checkpointing_steps 250
-  --logging_steps 25)
+transformer=(--precompute --checkpointing_steps 250 --logging_steps 25)
+encoders=(--tokenizer "$decoder" --text_encoder "$text_encoder")
 [ -d "$work/transformer/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
-  --num_clips 3072 --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
+  "${encoders[@]}" --num_clips 3072 --transformer_config "$transformer_config" --stages "$here/stages_transformer.yaml" \
   --output_dir "$work/transformer"
 [ -d "$work/transformer_long/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
-  --num_clips 6144 --pretrained_transformer "$work/transformer/pipeline/transformer" \
+  "${encoders[@]}" --num_clips 6144 --pretrained_transformer "$work/transformer/pipeline/transformer" \
   --stages "$here/stages_transformer_long.yaml" --output_dir "$work/transformer_long"
 
 # stage III: bouncing 33-frame clips, the Random Frame Mask in a window of 4 past latent frames; the run records its
 # trained length (9 latent frames), past which the pipeline re-encodes
 [ -d "$work/transformer_bounce/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
-  --seed 1 --num_clips 3072 --shapes_bounce --pretrained_transformer "$work/transformer_long/pipeline/transformer" \
+  "${encoders[@]}" --seed 1 --num_clips 3072 --shapes_bounce --pretrained_transformer "$work/transformer_long/pipeline/transformer" \
   --transformer_config '{"frame_mask_prob": 0.1, "frame_mask_window": 4}' --stages "$here/stages_transformer_bounce.yaml" \
   --output_dir "$work/transformer_bounce"
 
-python "$here/export_shipped.py" "$work/transformer_bounce/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
+# stage III continued on bouncing 65-frame clips (17 latent frames, one or two bounces past the first leg); it starts
+# from the bf16 export of the run above and encodes with it, as the shipped run did (that export was shipped before)
+bounce="$work/transformer_bounce/bf16"
+[ -d "$bounce" ] || python "$here/export_shipped.py" "$work/transformer_bounce/pipeline" "$bounce"
+[ -d "$work/transformer_bounce_long/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --tokenizer "$bounce/video_tokenizer" --text_encoder "$bounce/text_encoder" --text_tokenizer "$bounce/tokenizer" \
+  --seed 2 --num_clips 3072 --shapes_bounce --pretrained_transformer "$bounce/transformer" \
+  --stages "$here/stages_transformer_bounce_long.yaml" --output_dir "$work/transformer_bounce_long"
+
+python "$here/export_shipped.py" "$work/transformer_bounce_long/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
 # the model card's figures and report
