@@ -13,6 +13,7 @@ decoder and keeps its latents. The result is `output_dir/tokenizer`.
 """
 
 import argparse
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -36,7 +37,7 @@ logger = logging.getLogger("train_tokenizer")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'.")
+    model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'; with --pretrained_tokenizer, fields that override its config (e.g. '{\"temporal_compression_ratio\": 2}': weights the new config no longer has are dropped and logged).")
     model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
     model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (docs/method.md §2 init).")
     model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid.")
@@ -82,17 +83,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--reinflate needs --pretrained_tokenizer: it re-inflates a tokenizer trained on images.")
     if args.train_decoder_only and not args.pretrained_tokenizer:
         parser.error("--train_decoder_only needs --pretrained_tokenizer: a fresh encoder would never learn.")
+    if args.train_decoder_only and args.tokenizer_config:
+        parser.error("--train_decoder_only keeps the pretrained tokenizer's latents, so it takes no --tokenizer_config.")
     if args.init_from_2d and not args.init_from_2d.endswith(".safetensors"):
         parser.error("--init_from_2d must be a .safetensors file: weights are never read from pickles.")
     return args
 
 
 def build_tokenizer(args) -> VideoARTokenizer:
+    config = json.loads(args.tokenizer_config or "{}")
     if args.pretrained_tokenizer:
-        tokenizer = VideoARTokenizer.from_pretrained(args.pretrained_tokenizer)
+        tokenizer = load_pretrained_tokenizer(args.pretrained_tokenizer, config)
         return reinflate_image_trained(tokenizer) if args.reinflate else tokenizer
     try:
-        tokenizer = VideoARTokenizer(**json.loads(args.tokenizer_config or "{}"))
+        tokenizer = VideoARTokenizer(**config)
     except (TypeError, ValueError) as error:
         raise ValueError(f"--tokenizer_config: {error}") from error
     if args.init_from_2d:
@@ -100,6 +104,20 @@ def build_tokenizer(args) -> VideoARTokenizer:
         missing, _ = tokenizer.load_state_dict(inflated, strict=False)
         logger.info(f"Inflated {len(inflated) - len(reinitialized)} tensors from {args.init_from_2d}; unused 2D keys: {unused}; re-initialised: {reinitialized}; left at init: {missing}")
     return tokenizer
+
+
+def load_pretrained_tokenizer(path: str, overrides: dict) -> VideoARTokenizer:
+    """A trained tokenizer, its config changed by `overrides`, e.g. a smaller temporal compression (a temporal
+    upsampler fewer). Every weight both configs share must keep its shape; diffusers logs the weights it drops and
+    those it initialises afresh."""
+    fields = set(inspect.signature(VideoARTokenizer.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"--tokenizer_config: {unknown} are not VideoARTokenizer config fields; allowed: {sorted(fields)}.")
+    try:
+        return VideoARTokenizer.from_pretrained(path, **overrides)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"--tokenizer_config {overrides} does not fit the weights of {path}: {error}") from error
 
 
 def mix_colours(video_BCTHW: torch.Tensor, prob: float, generator=None) -> torch.Tensor:
@@ -118,7 +136,6 @@ def psnr(video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
-@torch.no_grad()
 @torch.no_grad()
 def reconstruction_pairs(tokenizer, batch: dict) -> torch.Tensor:
     """Side by side, input | reconstruction: `(B, 3, T, H, 2W)` in [0, 1]."""

@@ -105,6 +105,28 @@ def test_decoder_only_fine_tune_keeps_the_latents(tmp_path):
         torch.testing.assert_close(tuned.encode(video).latents, base.encode(video).latents, rtol=0, atol=0)
 
 
+def test_a_pretrained_tokenizer_takes_config_overrides(tmp_path):
+    # how the shipped tokenizer went from tau = 4 to tau = 2 (examples/shapes/recipe.sh)
+    torch.manual_seed(0)
+    VideoARTokenizer(**TINY).save_pretrained(tmp_path / "base")
+    run = ["--pretrained_tokenizer", str(tmp_path / "base"), "--output_dir", str(tmp_path / "run"), "--dataset", "shapes",
+           "--num_clips", "8", "--resolution", "32", "--num_frames", "5", "--train_batch_size", "4",
+           "--report_to", "none", "--max_train_steps", "1"]  # fmt: skip
+    tuned = VideoARTokenizer.from_pretrained(load_script().main(load_script().parse_args(
+        [*run, "--tokenizer_config", '{"temporal_compression_ratio": 2}'])))  # fmt: skip
+    assert tuned.config.temporal_compression_ratio == 2 and tuned.config.latent_channels == TINY["latent_channels"]
+    with torch.no_grad():
+        assert tuned.encode(torch.rand(1, 3, 5, 32, 32) * 2 - 1).latents.shape[2] == 3
+    bad = [*run, "--output_dir", str(tmp_path / "bad"), "--tokenizer_config"]
+    for overrides, message in (('{"tau": 2}', "not VideoARTokenizer config fields"), ('{"latent_channels": 4}', "fit")):
+        with pytest.raises(ValueError, match=message):
+            load_script().main(load_script().parse_args([*bad, overrides]))
+    assert not (tmp_path / "bad" / "tokenizer").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().parse_args([*bad, '{"temporal_compression_ratio": 2}', "--train_decoder_only"])
+    assert exit_info.value.code == 2
+
+
 def test_colour_mixing_recolours_some_clips_and_keeps_black():
     mix_colours = load_script().mix_colours
     video = -torch.ones(64, 3, 2, 4, 4)
