@@ -74,7 +74,7 @@ def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
 
 
 def test_the_orange_lora_teaches_it_orange(shipped):
-    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 11 % -> 77 %): a colour the base never saw
+    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 8 % -> 80 %): a colour the base never saw
     palette = {**COLOURS, "orange": (255, 128, 0)}
     cases = (("circle", "right"), ("triangle", "up"), ("square", "down"))
     triples = [Triple("orange", shape, motion) for shape, motion in cases]
@@ -83,9 +83,11 @@ def test_the_orange_lora_teaches_it_orange(shipped):
         result = evaluate_pipeline(shipped, triples=triples, seeds=[5, 6, 7], palette=palette, progress=False)
         return sum(record["correct"]["colour"] for record in result["samples"])
 
-    assert orange_hits() == 0
+    base_hits = orange_hits()  # a yellowish orange now and then (8 % of the evaluator's orange prompts)
+    assert base_hits <= 1
     shipped.load_lora_weights(ORANGE_LORA, adapter_name="orange")
     try:
-        assert orange_hits() >= 2
+        assert orange_hits() >= 2 + base_hits
     finally:
         shipped.unload_lora_weights()
+    assert orange_hits() == base_hits, "unloading restores the base"
