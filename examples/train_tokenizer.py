@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer_config", default=None, help="JSON of VideoARTokenizer config fields for a new tokenizer, e.g. '{\"latent_channels\": 16}'; with --pretrained_tokenizer, fields that override its config (e.g. '{\"temporal_compression_ratio\": 2}': weights the new config no longer has are dropped and logged).")
     model.add_argument("--pretrained_tokenizer", default=None, help="Continue from this VideoARTokenizer folder instead.")
     model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (docs/method.md §2 init).")
-    model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid.")
+    model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid; with a new scale_schedule in --tokenizer_config, the decoder learns the encoder's latents quantized on it.")
     model.add_argument("--colour_mix_prob", type=float, default=0.0, help="Probability of mixing a clip's RGB channels by a random non-negative 3x3 matrix (black stays black), so the tokenizer learns colours beyond its data's palette.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
@@ -83,8 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--reinflate needs --pretrained_tokenizer: it re-inflates a tokenizer trained on images.")
     if args.train_decoder_only and not args.pretrained_tokenizer:
         parser.error("--train_decoder_only needs --pretrained_tokenizer: a fresh encoder would never learn.")
-    if args.train_decoder_only and args.tokenizer_config:
-        parser.error("--train_decoder_only keeps the pretrained tokenizer's latents, so it takes no --tokenizer_config.")
     if args.init_from_2d and not args.init_from_2d.endswith(".safetensors"):
         parser.error("--init_from_2d must be a .safetensors file: weights are never read from pickles.")
     return args
