@@ -106,7 +106,7 @@ def test_decoder_only_fine_tune_keeps_the_latents(tmp_path):
 
 
 def test_a_pretrained_tokenizer_takes_config_overrides(tmp_path):
-    # how the shipped tokenizer went from tau = 4 to tau = 2 (examples/shapes/recipe.sh)
+    # a trained tau-4 tokenizer continued at tau 2, and its decoder alone on a finer scale schedule (TUNING.md, 12-13)
     torch.manual_seed(0)
     VideoARTokenizer(**TINY).save_pretrained(tmp_path / "base")
     run = ["--pretrained_tokenizer", str(tmp_path / "base"), "--output_dir", str(tmp_path / "run"), "--dataset", "shapes",
@@ -117,6 +117,12 @@ def test_a_pretrained_tokenizer_takes_config_overrides(tmp_path):
     assert tuned.config.temporal_compression_ratio == 2 and tuned.config.latent_channels == TINY["latent_channels"]
     with torch.no_grad():
         assert tuned.encode(torch.rand(1, 3, 5, 32, 32) * 2 - 1).latents.shape[2] == 3
+    requantized = VideoARTokenizer.from_pretrained(load_script().main(load_script().parse_args(
+        [*run, "--output_dir", str(tmp_path / "finer"), "--train_decoder_only", "--tokenizer_config",
+         '{"scale_schedule": [1, 2, 3, 4]}'])))  # fmt: skip
+    assert requantized.config.scale_schedule == [1, 2, 3, 4]
+    before = VideoARTokenizer.from_pretrained(tmp_path / "base").encoder.state_dict()
+    assert all(torch.equal(before[name], weight) for name, weight in requantized.encoder.state_dict().items())
     bad = [*run, "--output_dir", str(tmp_path / "bad"), "--tokenizer_config"]
     for overrides, message in (('{"tau": 2}', "not VideoARTokenizer config fields"), ('{"latent_channels": 4}', "fit")):
         with pytest.raises(ValueError, match=message):
