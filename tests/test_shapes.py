@@ -252,3 +252,29 @@ def test_a_bouncing_clip_first_travels_its_caption_s_direction_for_a_plain_clip_
         clip = dataset.clip(i)
         progress = np.diff(clip.centres[:FIRST_LEG_FRAMES], axis=0) @ np.array(_DIRECTIONS[clip.motion])
         assert (progress > 0).all(), (i, clip.motion, progress)
+
+
+def test_a_mid_path_clip_continues_its_object_s_path_under_the_first_caption():
+    # a long generation's later windows start mid-path, under the prompt that named the path's first direction
+    from videoar_hf.shapes import MAX_START_FRAME, ShapesDataset, render_clip
+
+    whole = render_clip("red", "square", "left", size=12, speed=1.5, start=(40.5, 30.5), num_frames=129, bounce=True)
+    later = render_clip("red", "square", "left", size=12, speed=1.5, start=(40.5, 30.5), num_frames=65, bounce=True,
+                        start_frame=50)  # fmt: skip
+    assert np.array_equal(later.video, whole.video[50:115]) and np.array_equal(later.centres, whole.centres[50:115])
+    assert (later.start_frame, later.motion, later.caption) == (50, "left", whole.caption)
+    with pytest.raises(ValueError, match="start_frame must be >= 0, and 0 unless bounce=True"):
+        render_clip("red", "square", "left", size=12, speed=1.5, start=(40.5, 30.5), start_frame=3)
+
+    plain = ShapesDataset(64, num_frames=33, bounce=True, seed=7)
+    mixed = ShapesDataset(64, num_frames=33, bounce=True, seed=7, mid_path_share=0.5)
+    starts = np.array([mixed.clip(i).start_frame for i in range(64)])
+    assert 16 <= (starts > 0).sum() <= 48 and starts.max() <= MAX_START_FRAME
+    assert [mixed[i]["continues"] for i in range(64)] == list(starts > 0)
+    for i in np.flatnonzero(starts == 0):
+        assert np.array_equal(mixed.clip(i).video, plain.clip(i).video), "the share leaves the other clips as they were"
+    i = int(np.flatnonzero(starts)[0])
+    assert mixed.clip(i).triple == plain.clip(i).triple and mixed.clip(i).caption == plain.clip(i).caption
+    for bad in ({"mid_path_share": 1.5, "bounce": True}, {"mid_path_share": 0.5}):
+        with pytest.raises(ValueError, match="mid_path_share must be in"):
+            ShapesDataset(8, num_frames=17, **bad)

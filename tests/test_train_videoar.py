@@ -248,6 +248,32 @@ def test_precompute_caches_latents_on_disk_and_a_rerun_reuses_them(components, t
     assert sorted((tmp_path / "latent_cache").rglob("*.safetensors")) == cached
 
 
+def test_mid_path_clips_train_as_continuations_of_a_longer_video(components, tmp_path, monkeypatch):
+    """`--shapes_mid_path_share`: the cache keeps which clips continue a video, and their first half of latent frames
+    (the pipeline's re-encoded context) reaches the loss as IGNORE_INDEX."""
+    from safetensors import safe_open
+
+    from videoar_hf.modeling_videoar import IGNORE_INDEX
+
+    script = load_script()
+    pretrained = str(components / "pipeline" / "transformer")
+    seen = []
+    original = VideoARTransformer.forward
+    monkeypatch.setattr(VideoARTransformer, "forward", lambda self, *a, **k: seen.append(k.get("labels")) or original(self, *a, **k))
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "3", "--num_frames", "17", "--precompute",
+                                       "--shapes_bounce", "--shapes_mid_path_share", "0.5", "--pretrained_transformer",
+                                       pretrained, "--validation_prompts"))  # fmt: skip
+    config = VideoARTransformer.from_pretrained(script.main(args) / "transformer").config
+    assert config.max_latent_frames == 5 and config.reencode_context_frames == 2
+    flags = [safe_open(f, "pt").metadata()["continues"] for f in sorted((tmp_path / "latent_cache").rglob("*.safetensors"))]
+    assert len(flags) == 32 and 4 <= flags.count("1") <= 28 and set(flags) == {"0", "1"}
+    hidden = [(labels[0][:, :, 0, 0, 0] == IGNORE_INDEX) for labels in seen if labels is not None]
+    assert len(hidden) == 3
+    for hidden_BT in hidden:
+        assert (hidden_BT[:, 2:] == False).all() and (hidden_BT[:, 0] == hidden_BT[:, 1]).all()  # noqa: E712
+    assert any(hidden_BT.any() for hidden_BT in hidden), "some continuing clips were drawn"
+
+
 def test_a_later_stage_gives_a_pretrained_transformer_new_training_fields(components, tmp_path, capsys):
     """Stage III (docs/method.md §7): long bouncing clips from a pretrained transformer, with the frame mask and a
     window switched on for this stage alone; the weights' shape-giving fields cannot change."""

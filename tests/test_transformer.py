@@ -6,6 +6,7 @@ import videoar_hf  # noqa: F401  registers the Auto classes
 from videoar_hf import VideoARConfig, VideoARTransformer
 from videoar_hf.attention_mask import TEXT_BLOCK, block_causal_mask, frame_window_keep
 from videoar_hf.configuration_videoar import VIDEOAR_PRESETS
+from videoar_hf.modeling_videoar import IGNORE_INDEX
 from videoar_hf.quantizer import MultiScaleBitwiseQuantizer
 from videoar_hf.rope import text_position_ids, video_position_ids
 from videoar_hf.scale_schedule import TokenLayout, get_scale_sizes
@@ -161,6 +162,29 @@ def test_loss_is_bitwise_cross_entropy_and_falls_when_training(weighting):
     expected = (per_token * weights / weights.sum()).sum(-1).mean()
     torch.testing.assert_close(out.loss, expected)
     assert losses[-1] < 0.75 * losses[0]
+
+
+@pytest.mark.parametrize("weighting", ["infinity", "uniform"])
+def test_the_given_frames_of_a_continuation_are_left_out_of_the_loss(weighting):
+    """`without_context` labels a continuing clip's first frames IGNORE_INDEX: the loss is then that sample's
+    weighted mean over the frames it keeps, averaged with the other sample's mean over all of its frames."""
+    from videoar_hf.training.text_to_video import without_context
+
+    model = make_model(frame_mask_prob=0.0, loss_scale_weighting=weighting).eval()
+    pyramid, text, mask = make_clip()  # 2 samples, 3 frames of scales 1x1, 2x2, 4x4: 21 tokens a frame
+    labels = without_context(pyramid.bits, [True, False], context_frames=2)
+    assert all((b[0, :2] == IGNORE_INDEX).all() and (b[0, 2:] >= 0).all() and (b[1] >= 0).all() for b in labels)
+    with torch.no_grad():
+        out = model(pyramid.scale_inputs, text, mask, labels=labels)
+        whole = model(pyramid.scale_inputs, text, mask, labels=pyramid.bits).loss
+    bits = torch.cat([b.reshape(2, 3, -1, 8) for b in pyramid.bits], 2).reshape(2, -1, 8).float()
+    per_token = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, bits, reduction="none").mean(-1)
+    per_scale = {"infinity": [4.0, 2.0, 1.0], "uniform": [1.0, 1.0, 1.0]}[weighting]
+    weights = torch.tensor([per_scale[0]] * 1 + [per_scale[1]] * 4 + [per_scale[2]] * 16).repeat(3)
+    kept = slice(2 * 21, None)
+    continuing = (per_token[0, kept] * weights[kept]).sum() / weights[kept].sum()
+    torch.testing.assert_close(out.loss, (continuing + (per_token[1] * weights).sum() / weights.sum()) / 2)
+    assert not torch.allclose(out.loss, whole)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

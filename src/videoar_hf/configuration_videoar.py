@@ -155,6 +155,12 @@ class VideoARConfig(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     @property
+    def reencode_context_frames(self) -> int:
+        """Latent frames a long generation re-encodes from one window's end to start the next, by default: half the
+        trained length (docs/method.md §8). Training on clips that continue a video gives them as context alike."""
+        return max(1, (self.max_latent_frames or 2) // 2)
+
+    @property
     def is_class_conditional(self) -> bool:
         return self.num_classes is not None
 

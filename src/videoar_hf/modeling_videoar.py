@@ -23,6 +23,9 @@ from .quantizer import pack_scales
 from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, prefix_position_ids, video_position_ids
 from .scale_schedule import TokenLayout, get_scale_sizes
 
+# a label that leaves its token out of the loss (transformers' convention)
+IGNORE_INDEX = -100
+
 
 def scale_loss_weights(layout: TokenLayout, weighting: str) -> torch.Tensor:
     """`(N,)` weight of each video token in the loss, summing to 1 (`config.loss_scale_weighting`).
@@ -272,7 +275,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
             text_attention_mask: `(B, L)`, 1 on real tokens and 0 on padding, on either side: text positions count
                 the real tokens, so left and right padding give the same logits.
             labels: target bits, per scale `(B, T, h_k, w_k, d)` or packed `(B, N, d)`; gives `loss`, weighted over
-                the scales by `config.loss_scale_weighting`.
+                the scales by `config.loss_scale_weighting`. A token whose bits are `IGNORE_INDEX` (-100, transformers'
+                convention) is left out, e.g. the given frames of a continuation.
             frame_keep: `(B, T, T)` frames each frame may attend to. By default: the Random Frame Mask in training
                 (docs/method.md §6), the `frame_mask_window` otherwise.
             latent_size: `(h, w)` latent grid of packed inputs; needed for a non-square grid (a square one is inferred
@@ -427,13 +431,15 @@ class VideoARTransformer(VideoARPreTrainedModel):
 
     def _bitwise_loss(self, logits_BNd, labels, layout: TokenLayout) -> torch.Tensor:
         """Binary cross-entropy of every bit, averaged over the bits of a token and over the samples; over the tokens
-        weighted by `config.loss_scale_weighting` (`scale_loss_weights`)."""
-        labels_BNd = labels if torch.is_tensor(labels) else pack_scales(labels)
-        if self.config.loss_scale_weighting == "uniform":
-            return F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.float())
-        loss_BN = F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.float(), reduction="none").mean(-1)
-        weights_N = scale_loss_weights(layout, self.config.loss_scale_weighting).to(loss_BN.device)
-        return (loss_BN * weights_N).sum(-1).mean()
+        weighted by `config.loss_scale_weighting` (`scale_loss_weights`). Tokens labelled `IGNORE_INDEX` count for
+        nothing; each sample averages over the tokens it keeps."""
+        labels_BNd = (labels if torch.is_tensor(labels) else pack_scales(labels)).float()
+        keep_BN = labels_BNd[..., 0] != IGNORE_INDEX
+        if self.config.loss_scale_weighting == "uniform" and keep_BN.all():
+            return F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd)
+        loss_BN = F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.clamp(min=0), reduction="none").mean(-1)
+        weights_BN = scale_loss_weights(layout, self.config.loss_scale_weighting).to(loss_BN.device) * keep_BN
+        return ((loss_BN * weights_BN).sum(-1) / weights_BN.sum(-1).clamp(min=1e-12)).mean()
 
     def _pack_inputs(self, scale_inputs, latent_size) -> tuple[torch.Tensor, TokenLayout]:
         """Teacher-forced inputs as one `(B, N, d)` tensor, and the token layout they fill."""

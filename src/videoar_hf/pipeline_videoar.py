@@ -437,7 +437,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     f"{given_bits[0].shape[1]} of its {num_latent_frames} latent frames."
                 )
         window = getattr(self.transformer.config, "max_latent_frames", None)
-        context = o["context_frames"] or max(1, (window or 2) // 2)
+        context = o["context_frames"] or self.transformer.config.reencode_context_frames
         if window is not None and given_bits and given_bits[0].shape[1] > window:
             raise ValueError(f"The conditioning frames fill {given_bits[0].shape[1]} latent frames, more than the "
                              f"{window} the model was trained on (`transformer.config.max_latent_frames`).")  # fmt: skip

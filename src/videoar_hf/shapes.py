@@ -56,6 +56,9 @@ SIZE_RANGE = (10, 18)
 SPEED_RANGE = (1.0, 2.0)
 # a bouncing object first travels this many frames (the plain clips' length) in its caption's direction
 FIRST_LEG_FRAMES = 17
+# a mid-path clip starts at a frame drawn from 1..this of its object's path: at 1-2 px per frame, at least one whole
+# round trip across the frame, so every phase of the bounce is drawn
+MAX_START_FRAME = 128
 
 # (dx, dy) per frame: y grows downward, as in image rows
 _DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -86,7 +89,8 @@ class ShapesClip:
     """One clip and its ground truth.
 
     `video` is uint8 `(T, H, W, 3)`; `centres` is float `(T, 2)`, the (x, y) centre of the object's bounding box
-    in each frame (the mean pixel position of a circle or square); `speed` is in px per frame.
+    in each frame (the mean pixel position of a circle or square); `speed` is in px per frame. A clip shows frames
+    `start_frame..` of its object's path; the caption and `motion` describe the path from frame 0.
     """
 
     video: np.ndarray
@@ -97,6 +101,7 @@ class ShapesClip:
     size: int
     speed: float
     centres: np.ndarray
+    start_frame: int = 0
 
     @property
     def triple(self) -> Triple:
@@ -166,11 +171,13 @@ def render_clip(
     colours: Palette = COLOURS,
     caption: str | None = None,
     bounce: bool = False,
+    start_frame: int = 0,
 ) -> ShapesClip:
     """Draw one clip: the object's centre is `start` (x, y) at frame 0 and moves `speed` px per frame.
 
     `caption` defaults to the first template. Raises ValueError if the object leaves the frame; with `bounce`, it
-    reflects off the frame's edges instead, so a clip of any length is well defined (`motion` is the first direction).
+    reflects off the frame's edges instead, so a clip of any length is well defined (`motion` is the first direction),
+    and the clip may show the path from a later `start_frame` on (a clip that continues a longer video).
     """
     _check_palette(colours)
     _check_triple(Triple(colour, shape, motion), colours, "render_clip")
@@ -179,7 +186,9 @@ def render_clip(
         raise ValueError(f"size must be >= 1, got {size}")
     if speed <= 0:
         raise ValueError(f"speed must be > 0 px per frame, got {speed}")
-    offsets = np.arange(num_frames)[:, None] * speed * np.array(_DIRECTIONS[motion])
+    if start_frame < 0 or (start_frame and not bounce):
+        raise ValueError(f"start_frame must be >= 0, and 0 unless bounce=True (the path leaves the frame), got {start_frame}")
+    offsets = np.arange(start_frame, start_frame + num_frames)[:, None] * speed * np.array(_DIRECTIONS[motion])
     path = np.asarray(start) - (size - 1) / 2 + offsets
     if bounce:
         path = _reflect(path, resolution - size)
@@ -201,6 +210,7 @@ def render_clip(
         size=size,
         speed=float(speed),
         centres=corners + (size - 1) / 2,
+        start_frame=start_frame,
     )
 
 
@@ -212,10 +222,12 @@ def sample_clip(
     resolution: int = 64,
     colours: Palette = COLOURS,
     bounce: bool = False,
+    start_frame: int = 0,
 ) -> ShapesClip:
     """A random clip: triple from `triples` (default: all), then size, speed, start and caption, from `rng`. With
     `bounce`, the object reflects off the edges (any `num_frames`) after a first leg of `FIRST_LEG_FRAMES` frames in
-    the caption's direction; otherwise its whole path fits the frame."""
+    the caption's direction, and the clip shows its path from `start_frame` on; otherwise its whole path fits the
+    frame."""
     triples = all_triples(colours) if triples is None else _as_triples(triples, colours, "triples")
     if not triples:
         raise ValueError("triples must not be empty")
@@ -239,6 +251,7 @@ def sample_clip(
         colours=colours,
         caption=caption_for(*triple, rng),
         bounce=bounce,
+        start_frame=start_frame,
     )
 
 
@@ -254,9 +267,11 @@ class ShapesDataset(Dataset):
     """`num_clips` Shapes clips; item i is the same clip for the same `seed`, whatever else is read.
 
     `triples` defaults to every triple of `colours` except `held_out`; with `bounce`, objects reflect off the edges
-    and clips may be any length. An item is the model-facing dict
-    `{"video": float32 (3, T, H, W) in [-1, 1], "text": caption, "colour", "shape", "motion"}`;
-    `clip(i)` gives the `ShapesClip` with its ground truth.
+    and clips may be any length, and a share `mid_path_share` of them starts at a random frame of its object's path
+    (1..`MAX_START_FRAME`), its caption still naming the path's first direction: clips that continue a longer video,
+    as a long generation's later windows do. An item is the model-facing dict
+    `{"video": float32 (3, T, H, W) in [-1, 1], "text": caption, "colour", "shape", "motion", "continues": bool}`
+    (`continues`: the clip starts mid-path); `clip(i)` gives the `ShapesClip` with its ground truth.
     """
 
     def __init__(
@@ -269,12 +284,16 @@ class ShapesDataset(Dataset):
         colours: Palette = COLOURS,
         held_out: Sequence[Triple] = HELD_OUT_TRIPLES,
         bounce: bool = False,
+        mid_path_share: float = 0.0,
     ):
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+        if not 0 <= mid_path_share <= 1 or (mid_path_share and not bounce):
+            raise ValueError(f"mid_path_share must be in [0, 1], and 0 unless bounce=True, got {mid_path_share}")
         _check_palette(colours)
         _check_room(num_frames, resolution, bounce)
         self.bounce = bounce
+        self.mid_path_share = mid_path_share
         self.held_out = _as_triples(held_out, colours, "held_out")
         self.triples = (
             training_triples(self.held_out, colours) if triples is None else _as_triples(triples, colours, "triples")
@@ -293,6 +312,10 @@ class ShapesDataset(Dataset):
     def clip(self, index: int) -> ShapesClip:
         """Clip `index` with its ground truth, drawn from a generator seeded by `(seed, index)` alone."""
         index = range(self.num_clips)[index]  # raises IndexError out of range, wraps negatives
+        start_frame = 0
+        if self.mid_path_share:  # its own generator, so that the clips of a dataset without it stay as they were
+            rng = np.random.default_rng([self.seed, index, 1])
+            start_frame = int(rng.integers(1, MAX_START_FRAME + 1)) if rng.random() < self.mid_path_share else 0
         return sample_clip(
             np.random.default_rng([self.seed, index]),
             triples=self.triples,
@@ -300,12 +323,14 @@ class ShapesDataset(Dataset):
             resolution=self.resolution,
             colours=self.colours,
             bounce=self.bounce,
+            start_frame=start_frame,
         )
 
     def __getitem__(self, index: int) -> dict:
         clip = self.clip(index)
         video = torch.from_numpy(clip.video).permute(3, 0, 1, 2).float() / 127.5 - 1
-        return {"video": video, "text": clip.caption, "colour": clip.colour, "shape": clip.shape, "motion": clip.motion}
+        return {"video": video, "text": clip.caption, "colour": clip.colour, "shape": clip.shape, "motion": clip.motion,
+                "continues": clip.start_frame > 0}  # fmt: skip
 
     def to_hf_dataset(self) -> "datasets.Dataset":
         """All clips as an in-memory `datasets.Dataset`, e.g. to `save_to_disk` or push to the Hub.

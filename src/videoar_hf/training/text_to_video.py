@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..error_correction import error_corrected_pyramid
+from ..modeling_videoar import IGNORE_INDEX
 from ..random_frame_mask import random_frame_keep
 from ..sampling import uniform_noise
 from ..scale_schedule import get_scale_sizes
@@ -28,6 +29,9 @@ logger = get_logger(__name__)
 
 # captions whose text states `TextEncoder` keeps (least recently used dropped first): Shapes has a few hundred
 MAX_MEMOIZED_CAPTIONS = 4096
+# the items' fields a latent cache keeps beside the caption, and how they read back: a class model's label, and
+# whether a clip continues a longer video (`training_step` leaves its context out of the loss)
+CACHED_FIELDS = {"label": int, "continues": lambda value: bool(int(value))}
 
 
 class TextEncoder:
@@ -84,7 +88,7 @@ class TextEncoder:
 
 class LatentCache(torch.utils.data.Dataset):
     """The latents of a dataset's clips, one safetensors file per clip in `folder`: `{"latents": (d, T', h, w)}`
-    with the caption in the file's metadata. Items read from disk as they are needed, so memory stays flat."""
+    with the caption (and the `CACHED_FIELDS` an item has) in the file's metadata. Items read from disk as they are needed, so memory stays flat."""
 
     def __init__(self, folder: Path, num_items: int):
         self.folder, self.num_items = Path(folder), num_items
@@ -98,7 +102,7 @@ class LatentCache(torch.utils.data.Dataset):
         with safe_open(self.folder / f"{index:08d}.safetensors", framework="pt") as file:
             metadata = file.metadata()
             item = {"latents": file.get_tensor("latents"), "text": metadata["text"]}
-            return {**item, "label": int(metadata["label"])} if "label" in metadata else item
+            return {**item, **{key: kind(metadata[key]) for key, kind in CACHED_FIELDS.items() if key in metadata}}
 
     @classmethod
     @torch.no_grad()
@@ -115,14 +119,22 @@ class LatentCache(torch.utils.data.Dataset):
             batch = collate([dataset[i] for i in indices])
             video = batch["video"].to(video_tokenizer.device, video_tokenizer.dtype)
             latents = video_tokenizer.encode(video).latents.float().cpu()
-            labels = batch.get("label", [None] * len(indices))
-            for i, x, text, label in zip(indices, latents, batch["text"], labels):
+            for row, (i, x, text) in enumerate(zip(indices, latents, batch["text"])):
                 tmp = folder / f".{i:08d}.{os.getpid()}.tmp"
-                metadata = {"text": text, **({} if label is None else {"label": str(int(label))})}
+                metadata = {"text": text, **{key: str(int(batch[key][row])) for key in CACHED_FIELDS if key in batch}}
                 save_file({"latents": x.contiguous()}, tmp, metadata=metadata)
                 os.replace(tmp, folder / f"{i:08d}.safetensors")  # a kill never leaves half a file under the name
         accelerator.wait_for_everyone()
         return cls(folder, len(dataset))
+
+
+def without_context(bits: list[torch.Tensor], continues: list[bool], context_frames: int) -> list[torch.Tensor]:
+    """Per-scale target bits `(B, T, h, w, d)` with the first `context_frames` latent frames of every clip that
+    continues a video set to `IGNORE_INDEX`: as in a long generation's later windows, those frames are given (the
+    re-encoded end of the video so far) and only what follows them is predicted."""
+    hide_BT = torch.zeros(bits[0].shape[:2], dtype=torch.bool, device=bits[0].device)
+    hide_BT[torch.as_tensor(continues, dtype=torch.bool, device=hide_BT.device), :context_frames] = True
+    return [b.float().masked_fill(hide_BT[:, :, None, None, None], IGNORE_INDEX) for b in bits]
 
 
 def tokenizer_fingerprint(video_tokenizer) -> str:
@@ -200,7 +212,10 @@ class TextToVideoTrainer(Trainer):
         if config.frame_mask_prob > 0:
             B, T = latents.shape[0], latents.shape[2]
             frame_keep = random_frame_keep(B, T, config.frame_mask_prob, config.frame_mask_window, generators, device)
-        output = self.model(pyramid.scale_inputs, labels=pyramid.bits, frame_keep=frame_keep, **prefix)
+        labels = pyramid.bits
+        if any(batch.get("continues", ())):
+            labels = without_context(labels, batch["continues"], config.reencode_context_frames)
+        output = self.model(pyramid.scale_inputs, labels=labels, frame_keep=frame_keep, **prefix)
         return output.loss, {}
 
     def pipeline(self, transformer):
