@@ -60,7 +60,18 @@ bounce="$work/transformer_bounce/bf16"
   --seed 2 --num_clips 3072 --shapes_bounce --pretrained_transformer "$bounce/transformer" \
   --stages "$here/stages_transformer_bounce_long.yaml" --output_dir "$work/transformer_bounce_long"
 
-python "$here/export_shipped.py" "$work/transformer_bounce_long/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
+# stage III continued once more, half of the clips starting mid-path (--shapes_mid_path_share 0.5): they continue a
+# longer video, so their first 8 latent frames are given and only the rest is trained on, as in a long generation's
+# later windows; 2,048 clips, from the bf16 export of the run above, fp32 (this CPU has no bf16 units)
+bounce_long="$work/transformer_bounce_long/bf16"
+[ -d "$bounce_long" ] || python "$here/export_shipped.py" "$work/transformer_bounce_long/pipeline" "$bounce_long"
+[ -d "$work/transformer_bounce_mid/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --tokenizer "$bounce_long/video_tokenizer" --text_encoder "$bounce_long/text_encoder" --text_tokenizer "$bounce_long/tokenizer" \
+  --seed 4 --mixed_precision no --num_clips 2048 --shapes_bounce --shapes_mid_path_share 0.5 \
+  --pretrained_transformer "$bounce_long/transformer" --checkpointing_steps 50 \
+  --stages "$here/stages_transformer_bounce_mid.yaml" --output_dir "$work/transformer_bounce_mid"
+
+python "$here/export_shipped.py" "$work/transformer_bounce_mid/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
 # the model card's figures and report
