@@ -437,7 +437,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
         keep_BN = labels_BNd[..., 0] != IGNORE_INDEX
         if self.config.loss_scale_weighting == "uniform" and keep_BN.all():
             return F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd)
-        loss_BN = F.binary_cross_entropy_with_logits(logits_BNd.float(), labels_BNd.clamp(min=0), reduction="none").mean(-1)
+        bits_BNd = labels_BNd.clamp(min=0)  # ignored tokens weigh 0 below; any bit value keeps their loss finite
+        loss_BN = F.binary_cross_entropy_with_logits(logits_BNd.float(), bits_BNd, reduction="none").mean(-1)
         weights_BN = scale_loss_weights(layout, self.config.loss_scale_weighting).to(loss_BN.device) * keep_BN
         return ((loss_BN * weights_BN).sum(-1) / weights_BN.sum(-1).clamp(min=1e-12)).mean()
 

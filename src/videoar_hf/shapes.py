@@ -187,7 +187,9 @@ def render_clip(
     if speed <= 0:
         raise ValueError(f"speed must be > 0 px per frame, got {speed}")
     if start_frame < 0 or (start_frame and not bounce):
-        raise ValueError(f"start_frame must be >= 0, and 0 unless bounce=True (the path leaves the frame), got {start_frame}")
+        raise ValueError(
+            f"start_frame must be >= 0, and 0 unless bounce=True (the path leaves the frame), got {start_frame}"
+        )
     offsets = np.arange(start_frame, start_frame + num_frames)[:, None] * speed * np.array(_DIRECTIONS[motion])
     path = np.asarray(start) - (size - 1) / 2 + offsets
     if bounce:

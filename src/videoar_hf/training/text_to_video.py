@@ -88,7 +88,8 @@ class TextEncoder:
 
 class LatentCache(torch.utils.data.Dataset):
     """The latents of a dataset's clips, one safetensors file per clip in `folder`: `{"latents": (d, T', h, w)}`
-    with the caption (and the `CACHED_FIELDS` an item has) in the file's metadata. Items read from disk as they are needed, so memory stays flat."""
+    with the caption (and the `CACHED_FIELDS` an item has) in the file's metadata. Items read from disk as they are
+    needed, so memory stays flat."""
 
     def __init__(self, folder: Path, num_items: int):
         self.folder, self.num_items = Path(folder), num_items
