@@ -85,6 +85,28 @@ def test_curriculum_runs_two_stages_at_different_sizes(components, tmp_path, mon
     assert history[4]["lr"] == pytest.approx(1e-3), "stage II starts at its own peak learning rate"
 
 
+def test_precompute_caches_the_stills_and_the_clips_of_a_stage_apart(components, tmp_path, monkeypatch):
+    """A joint image-video stage with --precompute: the stills (1 latent frame) and the clips (2) get a cache each,
+    and changing only the learning rate reuses both."""
+    stage = {"name": "I", "resolution": 16, "num_frames": 5, "steps": 4, "batch_size": 4, "learning_rate": 2e-3,
+             "image_ratio": 0.5}  # fmt: skip
+    (tmp_path / "stages.json").write_text(json.dumps({"stages": [stage]}))
+    seen = []
+    script = load_script()
+    original = TextToVideoTrainer.training_step
+    monkeypatch.setattr(TextToVideoTrainer, "training_step",
+                        lambda self, batch, *rest: seen.append(tuple(batch["latents"].shape[::2][:2])) or original(self, batch, *rest))  # fmt: skip
+    args = base_args(components, tmp_path / "run", "--stages", str(tmp_path / "stages.json"), "--precompute",
+                     "--validation_prompts")  # fmt: skip
+    script.main(script.parse_args(args))
+    assert set(seen) == {(4, 2), (8, 1)}, "(batch, latent frames): clips and stills each from their own cache"
+    caches = sorted(p.name for p in (tmp_path / "run" / "latent_cache").iterdir())
+    assert len(caches) == 2
+    (tmp_path / "stages.json").write_text(json.dumps({"stages": [{**stage, "learning_rate": 1e-3}]}))
+    script.main(script.parse_args(args))
+    assert sorted(p.name for p in (tmp_path / "run" / "latent_cache").iterdir()) == caches
+
+
 def run_script(args, env=None):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env)

@@ -13,7 +13,7 @@ orange=orange=255,128,0
 
 [ -d "$work/adapter" ] || python "$root/examples/train_lora.py" "${train_base[@]}" --dataset shapes \
   --shapes_new_colours "$orange" --shapes_new_colour_share 0.75 --num_clips 64 --precompute --max_train_steps 600 \
-  --train_batch_size 8 --learning_rate 2e-3 --lr_warmup_steps 20 --rank 16 --seed 0 --mixed_precision bf16 \
+  --train_batch_size 8 --learning_rate 2e-3 --lr_warmup_steps 20 --rank 16 --seed 0 --mixed_precision no \
   --report_to tensorboard --checkpointing_steps 100 --resume_from_checkpoint latest \
   --validation_prompts "an orange circle moving left" --output_dir "$work"
 videoar eval "${base[@]}" --new-colours "$orange" --suites train new_colours -o "$work/eval_base"

@@ -176,12 +176,12 @@ class TextToVideoTrainer(Trainer):
         """Latent frames: the transformer's tokens grow with them, not with pixel frames."""
         return (num_frames - 1) // self.video_tokenizer.config.temporal_compression_ratio + 1
 
-    def prepare_dataset(self, dataset, stage_index: int):
+    def prepare_dataset(self, dataset, source: str, stage: Stage, num_frames: int, seed: int):
         if not self.precompute:
             return dataset
-        # one folder per (tokenizer, stage, data): a re-run of the same command reuses it
-        key = json.dumps([tokenizer_fingerprint(self.video_tokenizer), stage_index, len(dataset), repr(self.config.data),
-                          repr(self.config.stages[stage_index]), self.config.seed])  # fmt: skip
+        # one folder per (tokenizer, clips): a re-run reuses it, even with other learning rates or step counts
+        key = json.dumps([tokenizer_fingerprint(self.video_tokenizer), len(dataset), repr(self.config.data), source,
+                          stage.resolution, num_frames, seed])  # fmt: skip
         folder = self.config.output_dir / "latent_cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
         return LatentCache.build(dataset, folder, self.video_tokenizer, self.accelerator)
 

@@ -89,7 +89,8 @@ class Trainer(ABC):
         return self.config.data.build(source, num_frames, stage.resolution, seed, self.accelerator.process_index,
                                       self.accelerator.num_processes)  # fmt: skip
 
-    def prepare_dataset(self, dataset, stage_index: int):
+    def prepare_dataset(self, dataset, source: str, stage: Stage, num_frames: int, seed: int):
+        """`dataset` as built by `dataset(source, stage, num_frames, seed)`, which is everything it depends on."""
         return dataset
 
     def frame_cost(self, num_frames: int) -> int:
@@ -182,7 +183,8 @@ class Trainer(ABC):
         datasets = {}
         for is_image, (source, num_frames) in sources.items():
             if (is_image and stage.image_ratio > 0) or (not is_image and stage.image_ratio < 1):
-                datasets[is_image] = self.prepare_dataset(self.dataset(source, stage, num_frames, seed), index)
+                dataset = self.dataset(source, stage, num_frames, seed)
+                datasets[is_image] = self.prepare_dataset(dataset, source, stage, num_frames, seed)
         workers = 0 if data.streaming and data.num_workers is None else data.workers(self.accelerator.num_processes)
         return StageBatches(self.accelerator, stage, datasets, self.batch_sizes(stage), self.config.gradient_accumulation_steps,
                             start, seed=self.config.seed + 1000 * index, num_workers=workers, data_state=data_state)  # fmt: skip
