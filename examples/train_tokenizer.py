@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--reinflate", action="store_true", help="With --pretrained_tokenizer trained on images only: sum each kernel's temporal taps into the last slice, so video starts as each frame coded alone (docs/method.md §2 init).")
     model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid; with a new scale_schedule in --tokenizer_config, the decoder learns the encoder's latents quantized on it.")
     model.add_argument("--colour_mix_prob", type=float, default=0.0, help="Probability of mixing a clip's RGB channels by a random non-negative 3x3 matrix (black stays black), so the tokenizer learns colours beyond its data's palette.")
+    model.add_argument("--nested_dropout_prob", type=float, default=0.0, help="Probability that a step decodes only the first k scales (k uniform in 1..K-1), so the coarse scales must carry what matters most: where the object is and how big (nested dropout; our addition, the paper decodes the whole pyramid). 0 turns it off.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
@@ -74,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("gan_weight", "gan_start_step", "foreground_weight", "foreground_dilation"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
-    if not 0 <= args.colour_mix_prob <= 1:
-        parser.error(f"--colour_mix_prob must be in [0, 1], got {args.colour_mix_prob}.")
+    for flag in ("colour_mix_prob", "nested_dropout_prob"):
+        if not 0 <= getattr(args, flag) <= 1:
+            parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}.")
     for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model"):
         if getattr(args, flag) and not Path(getattr(args, flag)).exists():
             parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
@@ -151,22 +153,32 @@ def save_videos(videos: torch.Tensor, folder: Path) -> None:
 class TokenizerTrainer(Trainer):
     """The tokenizer's loss step, the optional discriminator step after it, and reconstructions at checkpoints."""
 
-    def __init__(self, accelerator, config, tokenizer, loss_fn: TokenizerLoss, colour_mix_prob: float):
+    def __init__(self, accelerator, config, tokenizer, loss_fn: TokenizerLoss, colour_mix_prob: float,
+                 nested_dropout_prob: float = 0.0):  # fmt: skip
         super().__init__(accelerator, config, tokenizer)
         self.loss_fn = loss_fn
         self.colour_mix_prob = colour_mix_prob
+        self.nested_dropout_prob = nested_dropout_prob
         self.gan_inputs = None
+
+    def decoded_scales(self, video: torch.Tensor, generator: torch.Generator) -> int | None:
+        """None (the whole pyramid), or with probability `nested_dropout_prob` a number of scales in 1..K-1."""
+        num_scales = len(self.unwrapped.scale_sizes(*video.shape[-2:]))
+        drop, which = uniform_noise((2,), generator, "cpu").tolist()
+        return 1 + int(which * (num_scales - 1)) if drop < self.nested_dropout_prob and num_scales > 1 else None
 
     def training_step(self, batch, generators, step):
         video = batch["video"].to(self.accelerator.device)
         if self.colour_mix_prob:
             video = mix_colours(video, self.colour_mix_prob, generators)
+        num_scales = self.decoded_scales(video, generators[0])
         # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
-        reconstruction, latents, _, commitment_loss = self.model(video, return_dict=False)
+        reconstruction, latents, _, commitment_loss = self.model(video, return_dict=False, num_scales=num_scales)
         discriminator = self.extra_models[0] if self.extra_models else None
         loss, parts = self.loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
         self.gan_inputs = (video, reconstruction.detach()) if self.loss_fn.gan_active(step) else None
-        return loss, {"psnr": psnr(video, reconstruction.detach()), **{f"{k}_loss": v for k, v in parts.items()}}
+        quality = {"psnr" if num_scales is None else "nested_psnr": psnr(video, reconstruction.detach())}
+        return loss, {**quality, **{f"{k}_loss": v for k, v in parts.items()}}
 
     def auxiliary_step(self, step):
         if self.gan_inputs is None:
@@ -212,7 +224,7 @@ def main(args: argparse.Namespace) -> Path:
         lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
     ).to(accelerator.device)  # fmt: skip
 
-    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob)
+    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob, args.nested_dropout_prob)
     if args.gan_weight > 0:
         discriminator = Discriminator3D(base_channels=args.discriminator_channels, norm_num_groups=8)
         optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate, betas=config.adam_betas)

@@ -144,6 +144,27 @@ def test_forward_decodes_exactly_from_quantized_features_and_trains_encoder():
     assert encoder_grad is not None and encoder_grad.abs().sum() > 0
 
 
+def test_nested_dropout_decodes_the_first_scales_alone_and_still_trains_the_encoder():
+    model = tiny_tokenizer()
+    video = random_video(2, 4)
+    with torch.no_grad():
+        whole = model.quantize(model.encode(video).latents)
+    for num_scales in (1, 2):
+        output = model(video, num_scales=num_scales)
+        coarse = model.quantizer.bits_to_features(whole.bits[:num_scales], (4, 4))
+        assert torch.equal(output.features.detach(), coarse)
+        assert not torch.equal(coarse, whole.features), "the finer scales are left out"
+        torch.testing.assert_close(output.commitment_loss, whole.commitment_loss)  # always the whole pyramid's
+        model.zero_grad()
+        F.mse_loss(output.sample, video).backward()
+        assert model.encoder.conv_in.conv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(model(video, num_scales=3).sample, model(video).sample), "all three scales: the plain pass"
+    for bad in (0, 4, 1.5):
+        with pytest.raises(ValueError, match="num_scales"):
+            model(video, num_scales=bad)
+
+
 def test_gradient_checkpointing_matches():
     video = random_video(2, 4)
 

@@ -130,6 +130,19 @@ def test_a_pretrained_tokenizer_takes_config_overrides(tmp_path):
     assert not (tmp_path / "bad" / "tokenizer").exists()
 
 
+def test_nested_dropout_decodes_some_steps_from_the_coarse_scales_alone(tmp_path, monkeypatch):
+    """--nested_dropout_prob: about that share of steps decode the first 1..K-1 scales (K = 3 at 32 px), logged as
+    `nested_psnr`; the other steps decode the whole pyramid, logged as `psnr`."""
+    seen = []
+    original = VideoARTokenizer.forward
+    monkeypatch.setattr(VideoARTokenizer, "forward", lambda self, *a, **k: seen.append(k.get("num_scales")) or original(self, *a, **k))
+    load_script().main(args_for(tmp_path, "--max_train_steps", "12", "--nested_dropout_prob", "0.5"))
+    during_training = seen[:12]  # then the samples at the end decode whole pyramids
+    assert set(during_training) == {None, 1, 2}
+    records = history(tmp_path)
+    assert [("nested_psnr" in r, "psnr" in r) for r in records] == [(k is not None, k is None) for k in during_training]
+
+
 def test_colour_mixing_recolours_some_clips_and_keeps_black():
     mix_colours = load_script().mix_colours
     video = -torch.ones(64, 3, 2, 4, 4)
@@ -148,6 +161,7 @@ def test_colour_mixing_recolours_some_clips_and_keeps_black():
     "extra, message",
     [
         (["--colour_mix_prob", "1.5"], "--colour_mix_prob must be in [0, 1]"),
+        (["--nested_dropout_prob", "-0.1"], "--nested_dropout_prob must be in [0, 1]"),
         (["--init_from_2d", "weights.pth"], "--init_from_2d"),
         (["--gan_weight", "-1"], "--gan_weight"),
         (["--foreground_weight", "-0.5"], "--foreground_weight"),

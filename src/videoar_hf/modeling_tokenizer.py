@@ -209,15 +209,22 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         return 0 if latent_frame == 0 else 1 + self.config.temporal_compression_ratio * (latent_frame - 1)
 
     def quantize(
-        self, latents: torch.Tensor, return_dict: bool = True
+        self, latents: torch.Tensor, return_dict: bool = True, num_scales: int | None = None
     ) -> VideoARTokenizerQuantizerOutput | tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Multi-scale residual BSQ of every latent frame over the scale schedule."""
+        """Multi-scale residual BSQ of every latent frame over the scale schedule. With `num_scales`, `features` is
+        `F_hat` of the first `num_scales` scales alone (nested dropout in training, docs/method.md §2); the bits and
+        the commitment loss are always the whole pyramid's."""
         self._check_tensor("latents", latents, self.config.latent_channels, "(B, d, T', h, w)")
         scale_sizes = get_scale_sizes(self.config.scale_schedule, *latents.shape[-2:])
+        require(num_scales is None or (isinstance(num_scales, int) and 1 <= num_scales <= len(scale_sizes)),
+                "num_scales", num_scales, f"None or an integer in [1, {len(scale_sizes)}]")  # fmt: skip
         quantized = self.quantizer.residual_quantize(latents, scale_sizes)
         commitment_loss = torch.mean((latents - quantized.features.detach()) ** 2)
+        features = quantized.features
+        if num_scales is not None and num_scales < len(scale_sizes):
+            features = self.quantizer.bits_to_features(quantized.bits[:num_scales], scale_sizes[-1], latents.dtype)
         # straight-through: the value is exactly F_hat (x - x == 0), the gradient reaches the encoder
-        features = quantized.features + (latents - latents.detach())
+        features = features + (latents - latents.detach())
         if not return_dict:
             return quantized.bits, features, commitment_loss
         return VideoARTokenizerQuantizerOutput(bits=quantized.bits, features=features, commitment_loss=commitment_loss)
@@ -250,11 +257,12 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         return self.decode(features, return_dict=return_dict, chunk_size=chunk_size)
 
     def forward(
-        self, sample: torch.Tensor, return_dict: bool = True
+        self, sample: torch.Tensor, return_dict: bool = True, num_scales: int | None = None
     ) -> VideoARTokenizerOutput | tuple:
-        """Encode, quantize and decode `sample` `(B, 3, 1 + T, H, W)`; the decoder sees exactly `F_hat`."""
+        """Encode, quantize and decode `sample` `(B, 3, 1 + T, H, W)`; the decoder sees exactly `F_hat`, of the
+        first `num_scales` scales if given (see `quantize`)."""
         latents = self.encode(sample).latents
-        quantized = self.quantize(latents)
+        quantized = self.quantize(latents, num_scales=num_scales)
         reconstruction = self.decode(quantized.features).sample
         if not return_dict:
             return reconstruction, latents, quantized.features, quantized.commitment_loss
