@@ -196,6 +196,24 @@ def test_save_and_reload(tmp_path):
         assert torch.equal(reloaded(video).sample, model(video).sample)
 
 
+def test_a_deeper_decoder_keeps_the_encoder_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    plain = VideoARTokenizer(**tiny_config())
+    torch.manual_seed(0)
+    deep = VideoARTokenizer(**tiny_config(decoder_num_res_blocks=3))
+    assert [len(level.block) for level in deep.decoder.up] == [4] * len(plain.decoder.up)  # one more, as LDM's
+    assert [len(level.block) for level in plain.decoder.up] == [2] * len(plain.decoder.up)
+    assert all(len(level.block) == 1 for level in deep.encoder.down)
+    video = random_video(2, 4)
+    with torch.no_grad():
+        assert torch.equal(deep.encode(video).latents, plain.encode(video).latents)
+    deep.save_pretrained(tmp_path)
+    reloaded = VideoARTokenizer.from_pretrained(tmp_path).eval()
+    assert reloaded.config.decoder_num_res_blocks == 3
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(video).sample, deep.eval()(video).sample)
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -207,6 +225,8 @@ def test_save_and_reload(tmp_path):
         ({"quantizer_upsample_mode": "area"}, "quantizer_upsample_mode"),
         ({"sample_size": 20}, "sample_size"),
         ({"num_res_blocks": 0}, "num_res_blocks"),
+        ({"decoder_num_res_blocks": 0}, "decoder_num_res_blocks"),
+        ({"decoder_num_res_blocks": 1.5}, "decoder_num_res_blocks"),
     ],
 )
 def test_bad_config_raises(overrides, match):

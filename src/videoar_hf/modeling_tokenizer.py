@@ -54,6 +54,9 @@ class VideoARTokenizerOutput(BaseOutput):
 def _validate_config(config) -> None:
     for field in ("in_channels", "out_channels", "latent_channels", "base_channels", "num_res_blocks"):
         require(config[field] >= 1, field, config[field], "a positive integer")
+    decoder_blocks = config.get("decoder_num_res_blocks")
+    require(decoder_blocks is None or (isinstance(decoder_blocks, int) and decoder_blocks >= 1),
+            "decoder_num_res_blocks", decoder_blocks, "None or a positive integer")  # fmt: skip
     multipliers = list(config.channel_multipliers)
     require(
         len(multipliers) >= 1 and all(m >= 1 for m in multipliers),
@@ -96,6 +99,8 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
             `base_channels`; `len - 1` levels downsample space by 2. Our choice.
         num_res_blocks (`int`, defaults to 2): residual blocks per encoder level (decoder: one more, as in LDM). Our
             choice.
+        decoder_num_res_blocks (`int`, *optional*): the decoder's own `num_res_blocks` (it still runs one more per
+            level), for a decoder deeper than the encoder; `None` is `num_res_blocks`. Our addition.
         spatial_compression_ratio (`int`, defaults to 16): `f`, 8 or 16, equal to `2 ** (len(channel_multipliers) - 1)`;
             paper: 16.
         temporal_compression_ratio (`int`, defaults to 4): `tau`, 1, 2 or 4; paper: 4.
@@ -128,6 +133,7 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         quantizer_upsample_mode: str = "bilinear",
         sample_size: int = 128,
+        decoder_num_res_blocks: int | None = None,
     ):
         super().__init__()
         _validate_config(self.config)
@@ -142,6 +148,7 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
             dropout=dropout,
         )
         self.encoder = Encoder3D(in_channels=in_channels, **network)
+        network["num_res_blocks"] = decoder_num_res_blocks or num_res_blocks
         self.decoder = Decoder3D(out_channels=out_channels, **network)
         self.quantizer = MultiScaleBitwiseQuantizer(latent_channels, quantizer_upsample_mode)
 
