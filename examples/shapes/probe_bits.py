@@ -23,16 +23,14 @@ from videoar_hf.quantizer import unpack_scales
 from videoar_hf.scale_schedule import get_scale_sizes
 
 
-def latent_masks(masks: list, num_latent_frames: int, tau: int, f: int) -> np.ndarray:
+def latent_masks(masks: list, size: tuple[int, int], num_latent_frames: int, tau: int, f: int) -> np.ndarray:
     """`(T', h, w)`: a latent cell is the object's when any of its pixels is, in any pixel frame of its latent frame."""
-    out = []
+    (H, W), out = size, []
     for t in range(num_latent_frames):
-        frames = [0] if t == 0 else range(1 + tau * (t - 1), 1 + tau * t)
-        union = np.zeros_like(masks[0] if masks[0] is not None else np.zeros((64, 64), bool), dtype=bool)
-        for i in frames:
+        union = np.zeros((H, W), dtype=bool)
+        for i in [0] if t == 0 else range(1 + tau * (t - 1), 1 + tau * t):
             if masks[i] is not None:
                 union |= masks[i]
-        H, W = union.shape
         out.append(union.reshape(H // f, f, W // f, f).any(axis=(1, 3)))
     return np.stack(out)
 
@@ -62,7 +60,8 @@ def main() -> None:
         T = latents.shape[2]
         finest = unpack_scales(logits, T, scale_sizes)[-1][0] > 0  # (T', h, w, d)
         right_Thw = (finest == pyramid.bits[-1][0]).float().mean(-1).numpy()
-        object_Thw = latent_masks([frame.mask for frame in analyse_clip(clip.video).frames], T, tau, f)
+        masks = [frame.mask for frame in analyse_clip(clip.video).frames]
+        object_Thw = latent_masks(masks, clip.video.shape[1:3], T, tau, f)
         agree[triple.shape, "object, first frame"] += list(right_Thw[0][object_Thw[0]])
         agree[triple.shape, "object, later frames"] += list(right_Thw[1:][object_Thw[1:]])
         agree["all", "background"] += list(right_Thw[~object_Thw])
