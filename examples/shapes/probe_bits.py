@@ -23,12 +23,12 @@ from videoar_hf.quantizer import unpack_scales
 from videoar_hf.scale_schedule import get_scale_sizes
 
 
-def latent_masks(masks: list, size: tuple[int, int], num_latent_frames: int, tau: int, f: int) -> np.ndarray:
+def latent_masks(masks: list, size: tuple[int, int], tokenizer) -> np.ndarray:
     """`(T', h, w)`: a latent cell is the object's when any of its pixels is, in any pixel frame of its latent frame."""
-    (H, W), out = size, []
-    for t in range(num_latent_frames):
+    (H, W), f, out = size, tokenizer.config.spatial_compression_ratio, []
+    for t in range(tokenizer.num_latent_frames(len(masks))):
         union = np.zeros((H, W), dtype=bool)
-        for i in [0] if t == 0 else range(1 + tau * (t - 1), 1 + tau * t):
+        for i in range(tokenizer._first_pixel_frame(t), tokenizer._first_pixel_frame(t + 1)):  # the tokenizer's rule
             if masks[i] is not None:
                 union |= masks[i]
         out.append(union.reshape(H // f, f, W // f, f).any(axis=(1, 3)))
@@ -44,7 +44,6 @@ def main() -> None:
     args = parser.parse_args()
     pipe = VideoARPipeline.from_pretrained(args.pipeline)
     tokenizer, transformer = pipe.video_tokenizer.float().eval(), pipe.transformer.float().eval()
-    tau, f = tokenizer.config.temporal_compression_ratio, tokenizer.config.spatial_compression_ratio
     agree = defaultdict(list)  # (shape, region) -> per-bit agreement
     for triple, seed in train_suite(args.clips).cases:
         clip = reference_clip(triple, seed)
@@ -61,7 +60,7 @@ def main() -> None:
         finest = unpack_scales(logits, T, scale_sizes)[-1][0] > 0  # (T', h, w, d)
         right_Thw = (finest == pyramid.bits[-1][0]).float().mean(-1).numpy()
         masks = [frame.mask for frame in analyse_clip(clip.video).frames]
-        object_Thw = latent_masks(masks, clip.video.shape[1:3], T, tau, f)
+        object_Thw = latent_masks(masks, clip.video.shape[1:3], tokenizer)
         agree[triple.shape, "object, first frame"] += list(right_Thw[0][object_Thw[0]])
         agree[triple.shape, "object, later frames"] += list(right_Thw[1:][object_Thw[1:]])
         agree["all", "background"] += list(right_Thw[~object_Thw])
