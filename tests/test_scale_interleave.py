@@ -5,10 +5,8 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from videoar_hf import VideoARConfig, VideoARPipeline, VideoARTransformer
-from videoar_hf.modeling_videoar import PASS_CONTEXT_SIZE
 from videoar_hf.quantizer import MultiScaleBitwiseQuantizer
 from videoar_hf.scale_schedule import get_scale_sizes, interleave_groups
 from videoar_hf.testing_utils import tiny_pipeline
@@ -167,7 +165,7 @@ def test_training_an_interleaved_transformer_learns_the_pass_context(components,
     assert transformer.pass_context.weight.abs().max() > 0  # zero at init: only the later passes' loss moved it
 
 
-def test_the_pass_context_is_a_convolution_over_what_each_pass_knows():
+def test_the_pass_context_is_the_convolution_it_stores_over_what_each_pass_knows():
     model = make_model(interleave=[1, 2, 4])
     bits = torch.rand(3, 4, 4, 8) > 0.5
     codes = bits.float().permute(0, 3, 1, 2) * 2 - 1
@@ -176,8 +174,6 @@ def test_the_pass_context_is_a_convolution_over_what_each_pass_knows():
         context = model._earlier_passes(bits, 4)
         for group in range(16):
             known = (groups < group).float()[None, None]
-            seen = torch.cat([codes * known, known.expand(3, 1, 4, 4)], dim=1)
-            weight = model.pass_context.weight.view(-1, 9, PASS_CONTEXT_SIZE, PASS_CONTEXT_SIZE)
-            full = F.conv2d(seen, weight, model.pass_context.bias, padding=PASS_CONTEXT_SIZE // 2).permute(0, 2, 3, 1)
+            full = model.pass_context(torch.cat([codes * known, known.expand(3, 1, 4, 4)], dim=1)).permute(0, 2, 3, 1)
             want = full * (group > 0)
             torch.testing.assert_close(context[:, groups == group], want[:, groups == group], atol=1e-5, rtol=1e-5)

@@ -25,8 +25,6 @@ from .scale_schedule import TokenLayout, get_scale_sizes, interleave_groups
 
 # a label that leaves its token out of the loss (transformers' convention)
 IGNORE_INDEX = -100
-# the side of the neighbourhood a later interleaved pass sees of the earlier ones' bits: two cells each way
-PASS_CONTEXT_SIZE = 5
 
 
 def scale_loss_weights(layout: TokenLayout, weighting: str) -> torch.Tensor:
@@ -235,8 +233,8 @@ class VideoARTransformer(VideoARPreTrainedModel):
         self.start_token = nn.Parameter(torch.zeros(config.hidden_size))
         self.scale_embed = nn.Embedding(len(config.scale_schedule), config.hidden_size)
         if max(config.scale_interleave or [1]) > 1:
-            # a convolution, written as a linear map of each cell's patch: every cell masks its patch differently
-            self.pass_context = nn.Linear((config.latent_bits + 1) * PASS_CONTEXT_SIZE**2, config.hidden_size)
+            # what a later pass of an interleaved scale knows of the bits drawn around it: codes and which are known
+            self.pass_context = nn.Conv2d(config.latent_bits + 1, config.hidden_size, kernel_size=5, padding=2)
         self.rotary_emb = MultiScaleTemporalRoPE(config.rope_axes_dim, config.rope_theta)
         self.layers = nn.ModuleList([VideoARDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -543,18 +541,18 @@ class VideoARTransformer(VideoARPreTrainedModel):
         return video_BNC + context_BNC
 
     def _earlier_passes(self, bits_MhwD: torch.Tensor, stride: int) -> torch.Tensor:
-        """`(M, h, w, C)`: for each cell of an interleaved scale, `pass_context` of its `PASS_CONTEXT_SIZE`-square patch:
-        its neighbours' codes where its own pass already knows them (drawn in an earlier pass), and a map of which
-        those are; zero on the first pass."""
+        """`(M, h, w, C)`: for each cell of an interleaved scale, `pass_context` over its neighbours' codes and a map of
+        which of them its own pass already knows (drawn in an earlier pass); zero on the first pass. The convolution
+        is applied as unfolded patches times its weight, since every cell masks its patch differently."""
         M, h, w, d = bits_MhwD.shape
-        size = PASS_CONTEXT_SIZE
+        size = self.pass_context.kernel_size[0]
         groups_hw = interleave_groups(h, w, stride).to(self.device)
         neighbours = F.unfold(F.pad(groups_hw[None, None].float(), (size // 2,) * 4, value=float("inf")), size)[0]
         known_KN = (neighbours < groups_hw.flatten()).to(self.dtype)  # (size^2, h*w); off the grid: never known
         codes_MdHW = (bits_MhwD.to(self.dtype) * 2 - 1).permute(0, 3, 1, 2)
         patches = F.unfold(codes_MdHW, size, padding=size // 2).view(M, d, size * size, h * w) * known_KN
         seen_MNP = torch.cat([patches, known_KN.expand(M, 1, -1, -1)], dim=1).flatten(1, 2).transpose(1, 2)
-        context_MNC = self.pass_context(seen_MNP)
+        context_MNC = F.linear(seen_MNP, self.pass_context.weight.flatten(1), self.pass_context.bias)
         return (context_MNC * (groups_hw.flatten() > 0)[:, None]).view(M, h, w, -1)
 
     def _join(self, prefix_BLC, prefix_valid_BL, prefix_lengths_B, video_BNC, coords_N4, layout):
