@@ -163,17 +163,3 @@ def test_training_an_interleaved_transformer_learns_the_pass_context(components,
     transformer = VideoARTransformer.from_pretrained(script.main(args) / "transformer")
     assert transformer.config.scale_interleave == INTERLEAVE
     assert transformer.pass_context.weight.abs().max() > 0  # zero at init: only the later passes' loss moved it
-
-
-def test_the_pass_context_is_the_convolution_it_stores_over_what_each_pass_knows():
-    model = make_model(interleave=[1, 2, 4])
-    bits = torch.rand(3, 4, 4, 8) > 0.5
-    codes = bits.float().permute(0, 3, 1, 2) * 2 - 1
-    groups = interleave_groups(4, 4, 4)
-    with torch.no_grad():
-        context = model._earlier_passes(bits, 4)
-        for group in range(16):
-            known = (groups < group).float()[None, None]
-            full = model.pass_context(torch.cat([codes * known, known.expand(3, 1, 4, 4)], dim=1)).permute(0, 2, 3, 1)
-            want = full * (group > 0)
-            torch.testing.assert_close(context[:, groups == group], want[:, groups == group], atol=1e-5, rtol=1e-5)

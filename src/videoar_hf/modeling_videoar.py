@@ -541,19 +541,17 @@ class VideoARTransformer(VideoARPreTrainedModel):
         return video_BNC + context_BNC
 
     def _earlier_passes(self, bits_MhwD: torch.Tensor, stride: int) -> torch.Tensor:
-        """`(M, h, w, C)`: for each cell of an interleaved scale, `pass_context` over its neighbours' codes and a map of
-        which of them its own pass already knows (drawn in an earlier pass); zero on the first pass. The convolution
-        is applied as unfolded patches times its weight, since every cell masks its patch differently."""
-        M, h, w, d = bits_MhwD.shape
-        size = self.pass_context.kernel_size[0]
-        groups_hw = interleave_groups(h, w, stride).to(self.device)
-        neighbours = F.unfold(F.pad(groups_hw[None, None].float(), (size // 2,) * 4, value=float("inf")), size)[0]
-        known_KN = (neighbours < groups_hw.flatten()).to(self.dtype)  # (size^2, h*w); off the grid: never known
+        """`(M, h, w, C)`: for each cell of an interleaved scale, `pass_context` of the codes the scale's earlier passes
+        drew (the cells of a lower group) and of where they are; zero on the first pass."""
+        M, h, w, _ = bits_MhwD.shape
         codes_MdHW = (bits_MhwD.to(self.dtype) * 2 - 1).permute(0, 3, 1, 2)
-        patches = F.unfold(codes_MdHW, size, padding=size // 2).view(M, d, size * size, h * w) * known_KN
-        seen_MNP = torch.cat([patches, known_KN.expand(M, 1, -1, -1)], dim=1).flatten(1, 2).transpose(1, 2)
-        context_MNC = F.linear(seen_MNP, self.pass_context.weight.flatten(1), self.pass_context.bias)
-        return (context_MNC * (groups_hw.flatten() > 0)[:, None]).view(M, h, w, -1)
+        group_hw = interleave_groups(h, w, stride).to(self.device)
+        context_MChw = 0
+        for group in range(1, stride * stride):
+            known_11hw = (group_hw < group).to(self.dtype)[None, None]
+            seen = torch.cat([codes_MdHW * known_11hw, known_11hw.expand(M, 1, h, w)], dim=1)
+            context_MChw = context_MChw + self.pass_context(seen) * (group_hw == group).to(self.dtype)
+        return context_MChw.permute(0, 2, 3, 1)
 
     def _join(self, prefix_BLC, prefix_valid_BL, prefix_lengths_B, video_BNC, coords_N4, layout):
         """Put the prefix (text or class token; none after a cache's first block) before the video tokens; return the
