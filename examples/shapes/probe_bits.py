@@ -52,10 +52,9 @@ def main() -> None:
         scale_sizes = get_scale_sizes(transformer.config.scale_schedule, *latents.shape[-2:])
         pyramid = tokenizer.quantizer.residual_quantize(latents, scale_sizes)
         cond, cond_mask, uncond, uncond_mask = pipe.encode_prompt(prompt_for(triple, seed), do_classifier_free_guidance=True)
-        # an interleaved model's later passes see the true bits of the earlier ones
-        logits = transformer(pyramid.scale_inputs, cond, cond_mask, scale_bits=pyramid.bits).logits
+        logits = transformer(pyramid.scale_inputs, cond, cond_mask).logits
         if args.guidance != 1:
-            null = transformer(pyramid.scale_inputs, uncond, uncond_mask, scale_bits=pyramid.bits).logits
+            null = transformer(pyramid.scale_inputs, uncond, uncond_mask).logits
             logits = null + args.guidance * (logits - null)
         T = latents.shape[2]
         finest = unpack_scales(logits, T, scale_sizes)[-1][0] > 0  # (T', h, w, d)

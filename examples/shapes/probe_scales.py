@@ -56,10 +56,9 @@ def main() -> None:
 
     prompts = [prompt_for(*case) for case in cases]
     embeds, mask, negative, negative_mask = pipe.encode_prompt(prompts, do_classifier_free_guidance=args.guidance != 1)
-    logits = transformer(truth.scale_inputs, text_hidden_states=embeds, text_attention_mask=mask, scale_bits=truth.bits).logits
+    logits = transformer(truth.scale_inputs, text_hidden_states=embeds, text_attention_mask=mask).logits
     if args.guidance != 1:
-        unconditional = transformer(truth.scale_inputs, text_hidden_states=negative, text_attention_mask=negative_mask,
-                                    scale_bits=truth.bits).logits
+        unconditional = transformer(truth.scale_inputs, text_hidden_states=negative, text_attention_mask=negative_mask).logits
         logits = unconditional + args.guidance * (logits - unconditional)
     predicted = unpack_scales(logits > 0, latents.shape[2], scale_sizes)
 

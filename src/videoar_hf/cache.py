@@ -4,25 +4,21 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .attention_mask import TEXT_BLOCK
-from .scale_schedule import TokenLayout
 
 
 class VideoARCache(Cache):
     """Keys and values of every layer (transformers' `DynamicLayer`s, `update(key, value, layer_idx)` as usual), plus
     what the block-causal mask needs to know about each cached token.
 
-    The cache also counts the passes it holds, so `VideoARTransformer.forward(..., cache=cache)` always runs the next
-    (frame, scale, group) in order: one pass per scale, or `s * s` for a scale drawn in interleaved passes of stride
-    `s` (`interleave`). A fresh cache is empty; the first call writes the prefix (text, or a class-conditional model's
-    class token) and the first pass together.
+    The cache also counts the blocks it holds, so `VideoARTransformer.forward(..., cache=cache)` always runs the next
+    (frame, scale) in order. A fresh cache is empty; the first call writes the prefix (text, or a class-conditional
+    model's class token) and the first block together.
     """
 
-    def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]], interleave: list[int] | None = None):
+    def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]]):
         super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
         self.scale_sizes = [tuple(size) for size in scale_sizes]
-        self.interleave = None if interleave is None else tuple(interleave)
-        self.passes = TokenLayout(1, tuple(self.scale_sizes), self.interleave).passes
-        self.num_blocks = 0  # passes run so far
+        self.num_blocks = 0
         self.token_blocks: torch.Tensor | None = None  # (M,) block index, TEXT_BLOCK for text
         self.token_frames: torch.Tensor | None = None  # (M,)
         self.token_valid: torch.Tensor | None = None  # (B, M), False on text padding
@@ -33,19 +29,13 @@ class VideoARCache(Cache):
         return self.token_blocks is None
 
     @property
-    def next_pass(self) -> tuple[int, int, int]:
-        """(frame, scale, group) of the pass the next call runs; the group is 0 but in an interleaved scale."""
-        frame, index = divmod(self.num_blocks, len(self.passes))
-        return (frame, *self.passes[index])
-
-    @property
     def next_block(self) -> tuple[int, int]:
-        """(frame, scale) of the block the next call runs (or continues, in an interleaved scale)."""
-        return self.next_pass[:2]
+        """(frame, scale) of the block the next call runs."""
+        return divmod(self.num_blocks, len(self.scale_sizes))
 
     def append_tokens(self, blocks_N: torch.Tensor, frames_N: torch.Tensor, valid_BN: torch.Tensor,
                       num_blocks: int = 1) -> None:  # fmt: skip
-        """Record the tokens of one pass, or of `num_blocks` prefilled ones (the prefix included on the first)."""
+        """Record the tokens of one block, or of `num_blocks` prefilled ones (the prefix included on the first)."""
         self.num_blocks += num_blocks
         if self.is_empty:
             self.token_blocks, self.token_frames, self.token_valid = blocks_N, frames_N, valid_BN

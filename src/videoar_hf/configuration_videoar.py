@@ -19,11 +19,6 @@ class VideoARConfig(PreTrainedConfig):
         rms_norm_eps, initializer_range, attention_dropout: as in LLaMA.
         latent_bits: bits per token, `d` (docs/method.md §2: 48). Must equal the tokenizer's `latent_channels`.
         scale_schedule: square-grid side lengths, coarse to fine; must equal the tokenizer's. See `get_scale_sizes`.
-        scale_interleave: one stride per entry of `scale_schedule`. A scale of stride `s > 1` is drawn in `s * s`
-            interleaved passes instead of one: the pass of cell (i, j) is `(i % s) * s + j % s`, so no pass draws two
-            neighbours, and each later pass sees the bits the earlier ones drew around it (a 5x5 convolution over them,
-            `pass_context`) as well as their tokens. Training stays one teacher-forced pass. `None`: every scale in one
-            pass, as the paper does. A stride must not exceed its scale's side; the first scale's is 1. *(our option, not in the paper, §3)*
         text_hidden_size: width of the text encoder's hidden states, projected to `hidden_size` as the prefix. Unused
             by a class-conditional model (`num_classes`), which builds no text projection.
         text_attention: how the text prefix attends to itself. `"causal"`: text token i sees text tokens <= i, as the
@@ -69,7 +64,6 @@ class VideoARConfig(PreTrainedConfig):
     attention_dropout: float = 0.0
     latent_bits: int = 48
     scale_schedule: list[int] | tuple[int, ...] = (1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 24, 32)
-    scale_interleave: list[int] | tuple[int, ...] | None = None
     text_hidden_size: int = 768
     rope_theta: float = 10000.0
     rope_axes_dim: list[int] | tuple[int, ...] | None = None
@@ -88,8 +82,6 @@ class VideoARConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.scale_schedule = list(self.scale_schedule)
-        if self.scale_interleave is not None:
-            self.scale_interleave = list(self.scale_interleave)
         if self.num_classes is not None and self.id2label is None:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_classes)}
         if self.num_classes is not None and self.label2id is None:
@@ -134,17 +126,6 @@ class VideoARConfig(PreTrainedConfig):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"`{field}` must be one of {allowed}, got {getattr(self, field)!r}.")
         validate_scale_schedule(self.scale_schedule)
-        if self.scale_interleave is not None and (
-            len(self.scale_interleave) != len(self.scale_schedule)
-            or any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= side
-                   for s, side in zip(self.scale_interleave, self.scale_schedule))
-            or self.scale_interleave[0] != 1
-        ):  # fmt: skip
-            raise ValueError(
-                f"`scale_interleave` must be None or one integer stride per `scale_schedule` entry "
-                f"{self.scale_schedule}, each between 1 and that entry, and 1 for the first (the start token's); got "
-                f"{self.scale_interleave}."
-            )
         if not 0 <= self.flip_rate_min <= self.flip_rate_max <= 1:
             raise ValueError(
                 f"Need 0 <= `flip_rate_min` <= `flip_rate_max` <= 1, got {self.flip_rate_min}, {self.flip_rate_max}."

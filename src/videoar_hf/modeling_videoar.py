@@ -21,7 +21,7 @@ from .diffusers_memory import DiffusersMemoryMixin
 from .pipeline_folder import safetensors_only
 from .quantizer import pack_scales
 from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, prefix_position_ids, video_position_ids
-from .scale_schedule import TokenLayout, get_scale_sizes, interleave_groups
+from .scale_schedule import TokenLayout, get_scale_sizes
 
 # a label that leaves its token out of the loss (transformers' convention)
 IGNORE_INDEX = -100
@@ -192,9 +192,6 @@ class VideoARPreTrainedModel(DiffusersMemoryMixin, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, VideoARTransformer):
             init.normal_(module.start_token, mean=0.0, std=self.config.initializer_range)
-            if hasattr(module, "pass_context"):  # zero: interleaving a trained model starts from what it drew
-                init.zeros_(module.pass_context.weight)
-                init.zeros_(module.pass_context.bias)
 
 
 class VideoARTransformer(VideoARPreTrainedModel):
@@ -232,9 +229,6 @@ class VideoARTransformer(VideoARPreTrainedModel):
         self.input_proj = nn.Linear(config.latent_bits, config.hidden_size)
         self.start_token = nn.Parameter(torch.zeros(config.hidden_size))
         self.scale_embed = nn.Embedding(len(config.scale_schedule), config.hidden_size)
-        if max(config.scale_interleave or [1]) > 1:
-            # what a later pass of an interleaved scale knows of the bits drawn around it: codes and which are known
-            self.pass_context = nn.Conv2d(config.latent_bits + 1, config.hidden_size, kernel_size=5, padding=2)
         self.rotary_emb = MultiScaleTemporalRoPE(config.rope_axes_dim, config.rope_theta)
         self.layers = nn.ModuleList([VideoARDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = VideoARRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -252,17 +246,9 @@ class VideoARTransformer(VideoARPreTrainedModel):
     def scale_sizes(self, latent_height: int, latent_width: int) -> list[tuple[int, int]]:
         return get_scale_sizes(self.config.scale_schedule, latent_height, latent_width)
 
-    def token_layout(self, num_frames: int, latent_height: int, latent_width: int) -> TokenLayout:
-        """The tokens of `num_frames` latent frames on a `latent_height x latent_width` grid, and the passes that draw
-        them (`config.scale_interleave`, over the scales this grid uses)."""
-        sizes = tuple(self.scale_sizes(latent_height, latent_width))
-        interleave = self.config.scale_interleave
-        return TokenLayout(num_frames, sizes, None if interleave is None else tuple(interleave[: len(sizes)]))
-
     def init_cache(self, latent_height: int, latent_width: int) -> VideoARCache:
         """An empty KV cache for sampling a video on a `latent_height x latent_width` grid."""
-        layout = self.token_layout(1, latent_height, latent_width)
-        return VideoARCache(self.config.num_hidden_layers, list(layout.scale_sizes), layout.interleave)
+        return VideoARCache(self.config.num_hidden_layers, self.scale_sizes(latent_height, latent_width))
 
     @capture_outputs
     def forward(
@@ -275,7 +261,6 @@ class VideoARTransformer(VideoARPreTrainedModel):
         latent_size: tuple[int, int] | None = None,
         cache: VideoARCache | None = None,
         class_labels: torch.LongTensor | None = None,
-        scale_bits: torch.Tensor | list[torch.Tensor] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> VideoARTransformerOutput:
         """Teacher-forced over a whole clip, or one cached block.
@@ -301,26 +286,20 @@ class VideoARTransformer(VideoARPreTrainedModel):
             class_labels: `(B,)` class ids of a class-conditional model (`config.num_classes`), in place of
                 `text_hidden_states`; `num_classes` is the null class (classifier-free guidance). A cached pass needs
                 them on its first call only.
-            scale_bits: the bits each scale added to the reconstruction, laid out as `labels` (with Cross-Frame Error
-                Correction, the flipped ones: `ResidualQuantization.accumulated_bits`); in a cached pass, the bits of
-                the current scale drawn so far `(B, h_k, w_k, d)` (cells not drawn yet are ignored), or, in a prefill,
-                those of its whole frames packed. Needed by a model with `config.scale_interleave`, whose later passes
-                of an interleaved scale see the bits the earlier ones drew; ignored otherwise.
         """
         if cache is not None and not isinstance(cache, VideoARCache):
             raise ValueError(f"`cache` must be a `VideoARCache` (`init_cache`), got {type(cache).__name__}.")
         self._check_conditioning(text_hidden_states, class_labels)
         if cache is not None:
             return self._forward_cached_block(
-                cache, scale_inputs, text_hidden_states, text_attention_mask, class_labels, scale_bits
+                cache, scale_inputs, text_hidden_states, text_attention_mask, class_labels
             )
         return self._forward_teacher_forced(
-            scale_inputs, text_hidden_states, text_attention_mask, class_labels, labels, frame_keep, latent_size,
-            scale_bits,
+            scale_inputs, text_hidden_states, text_attention_mask, class_labels, labels, frame_keep, latent_size
         )
 
     def _forward_teacher_forced(self, scale_inputs, text_hidden_states, text_attention_mask, class_labels, labels,
-                                frame_keep, latent_size, scale_bits) -> VideoARTransformerOutput:  # fmt: skip
+                                frame_keep, latent_size) -> VideoARTransformerOutput:  # fmt: skip
         prefix_BLC, prefix_valid_BL = self._embed_prefix(text_hidden_states, text_attention_mask, class_labels)
         inputs_BNd, layout = self._pack_inputs(scale_inputs, latent_size)
         B, T = inputs_BNd.shape[0], layout.num_frames
@@ -335,7 +314,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
             frame_keep = frame_window_keep(B, T, self.config.frame_mask_window, device=self.device)
 
         coords_N4 = layout.token_coords().to(self.device)
-        video_BNC = self._embed_video(inputs_BNd, coords_N4, layout, scale_bits)
+        video_BNC = self._embed_video(inputs_BNd, coords_N4)
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
             prefix_BLC, prefix_valid_BL, prefix_valid_BL.sum(-1), video_BNC, coords_N4, layout
         )
@@ -347,13 +326,13 @@ class VideoARTransformer(VideoARPreTrainedModel):
         return VideoARTransformerOutput(loss=loss, logits=logits_BNd, last_hidden_state=hidden_BNC)
 
     def _forward_cached_block(self, cache: VideoARCache, scale_input, text_hidden_states, text_attention_mask,
-                              class_labels, scale_bits):  # fmt: skip
-        frame, scale, group = cache.next_pass
+                              class_labels):  # fmt: skip
+        frame, scale = cache.next_block
         num_frames = self._prefill_frames(cache, scale_input)
         blocks = (range(frame, frame + num_frames), range(len(cache.scale_sizes))) if num_frames else (
             range(frame, frame + 1), range(scale, scale + 1))  # fmt: skip
-        layout = TokenLayout(frame + max(num_frames, 1), tuple(cache.scale_sizes), cache.interleave)
-        coords_N4 = layout.token_coords(*blocks).to(self.device)  # whole blocks, even for one interleaved pass
+        layout = TokenLayout(frame + max(num_frames, 1), tuple(cache.scale_sizes))
+        coords_N4 = layout.token_coords(*blocks).to(self.device)
         n = coords_N4.shape[0]
         if cache.is_empty:  # the prefix rides along with the first block
             prefix_BLC, prefix_valid_BL = self._embed_prefix(text_hidden_states, text_attention_mask, class_labels)
@@ -371,20 +350,15 @@ class VideoARTransformer(VideoARPreTrainedModel):
                 f"`scale_inputs` for frame {frame}, scale {scale} must be ({B}, {h}, {w}, {self.config.latent_bits}) "
                 f"or ({B}, {n}, {self.config.latent_bits}), got {tuple(scale_input.shape)}."
             )
-        if scale_bits is not None:
-            scale_bits = scale_bits.reshape(B, n, -1)
-        video_BNC = self._embed_video(scale_input.reshape(B, n, -1), coords_N4, layout, scale_bits)
-        if not num_frames:  # one pass: the cells of its group
-            in_pass_N = layout.pass_ids(coords_N4) == cache.num_blocks
-            video_BNC, coords_N4, n = video_BNC[:, in_pass_N], coords_N4[in_pass_N], int(in_pass_N.sum())
+        video_BNC = self._embed_video(scale_input.reshape(B, n, -1), coords_N4)
         hidden_BNC, blocks_N, frames_N, position_ids_BN3, valid_BN = self._join(
             prefix_BLC, prefix_valid_BL, prefix_lengths_B, video_BNC, coords_N4, layout
         )
 
         window = self.config.frame_mask_window
-        if window is not None and (scale, group) == (0, 0):
+        if window is not None and scale == 0:
             cache.drop_frames_before(frame - window)  # out of every later token's sight: memory stays flat
-        cache.append_tokens(blocks_N, frames_N, valid_BN, num_blocks=num_frames * len(cache.passes) or 1)
+        cache.append_tokens(blocks_N, frames_N, valid_BN, num_blocks=len(blocks[0]) * len(blocks[1]))
         frame_keep = frame_window_keep(B, frame + len(blocks[0]), window, device=self.device)
         rule = BlockCausalRule(
             blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep, self._causal_text
@@ -396,12 +370,12 @@ class VideoARTransformer(VideoARPreTrainedModel):
         """How many whole frames a cached pass runs at once: 0 for one block, or F when `scale_input` packs the inputs
         of F whole frames `(B, F * tokens per frame, d)` from a frame's start (known frames: conditioning or
         re-encoded ones, whose blocks need no sampling in between)."""
-        frame, scale, group = cache.next_pass
+        frame, scale = cache.next_block
         per_frame = TokenLayout(1, tuple(cache.scale_sizes)).num_tokens
         h, w = cache.scale_sizes[scale]
         if scale_input is None or scale_input.dim() != 3 or scale_input.shape[1] == h * w:
             return 0
-        if (scale, group) != (0, 0) or scale_input.shape[1] % per_frame:
+        if scale != 0 or scale_input.shape[1] % per_frame:
             raise ValueError(
                 f"A cached pass of several blocks takes whole frames from a frame's start: `scale_inputs` "
                 f"(B, F * {per_frame}, {self.config.latent_bits}) at scale 0; got {tuple(scale_input.shape)} at frame "
@@ -472,7 +446,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
         """Teacher-forced inputs as one `(B, N, d)` tensor, and the token layout they fill."""
         if isinstance(scale_inputs, (list, tuple)):
             B, T, H, W, _ = scale_inputs[-1].shape
-            layout = self.token_layout(T, H, W)
+            layout = TokenLayout(T, tuple(self.scale_sizes(H, W)))
             if [tuple(x.shape[2:4]) for x in scale_inputs] != list(layout.scale_sizes):
                 raise ValueError(
                     f"`scale_inputs` have sizes {[tuple(x.shape[2:4]) for x in scale_inputs]}, but the scale schedule "
@@ -495,7 +469,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
                 f"Packed `scale_inputs` hold {N} tokens, not a whole number of frames of {tokens_per_frame} tokens for "
                 f"the latent grid {latent_size}; pass `latent_size`."
             )
-        return scale_inputs, self.token_layout(N // tokens_per_frame, *latent_size)
+        return scale_inputs, TokenLayout(N // tokens_per_frame, tuple(self.scale_sizes(*latent_size)))
 
     def _embed_text(self, text_hidden_states, text_attention_mask):
         B, L, C = text_hidden_states.shape
@@ -512,53 +486,18 @@ class VideoARTransformer(VideoARPreTrainedModel):
         text_BLC = self.text_proj(self.text_norm(text_hidden_states.to(device=self.device, dtype=self.dtype)))
         return text_BLC, text_valid_BL
 
-    def _embed_video(self, inputs_BNd, coords_N4, layout: TokenLayout, scale_bits) -> torch.Tensor:
-        """Embedded video tokens of whole blocks: their input features, the start token at frame 0's first block, the
-        scale embedding and, on the later passes of an interleaved scale, what the earlier passes drew around them."""
+    def _embed_video(self, inputs_BNd: torch.Tensor, coords_N4: torch.Tensor) -> torch.Tensor:
         video_BNC = self.input_proj(inputs_BNd.to(self.dtype))
         is_start = (coords_N4[:, 0] == 0) & (coords_N4[:, 1] == 0)
         video_BNC = torch.where(is_start[None, :, None], self.start_token.to(video_BNC.dtype), video_BNC)
-        video_BNC = video_BNC + self.scale_embed(coords_N4[:, 1])
-        interleaved = [k for k, stride in enumerate(layout.strides) if stride > 1 and (coords_N4[:, 1] == k).any()]
-        if not interleaved:
-            return video_BNC
-        if scale_bits is None:
-            raise ValueError(
-                f"This transformer draws scales in interleaved passes (`scale_interleave={self.config.scale_interleave}`): "
-                "pass `scale_bits`, the bits each scale drew (`ResidualQuantization.accumulated_bits` in training)."
-            )
-        bits_BNd = scale_bits if torch.is_tensor(scale_bits) else pack_scales(scale_bits)
-        if bits_BNd.shape != inputs_BNd.shape:
-            raise ValueError(f"`scale_bits` must be laid out as `scale_inputs` {tuple(inputs_BNd.shape)}, got "
-                             f"{tuple(bits_BNd.shape)}.")  # fmt: skip
-        context_BNC = torch.zeros_like(video_BNC)
-        for k in interleaved:
-            in_scale_N = coords_N4[:, 1] == k
-            h, w = layout.scale_sizes[k]
-            bits_MhwD = bits_BNd[:, in_scale_N].reshape(-1, h, w, bits_BNd.shape[-1]).to(self.device)
-            context_MhwC = self._earlier_passes(bits_MhwD, layout.strides[k])
-            context_BNC[:, in_scale_N] = context_MhwC.reshape(video_BNC.shape[0], -1, video_BNC.shape[-1])
-        return video_BNC + context_BNC
-
-    def _earlier_passes(self, bits_MhwD: torch.Tensor, stride: int) -> torch.Tensor:
-        """`(M, h, w, C)`: for each cell of an interleaved scale, `pass_context` of the codes the scale's earlier passes
-        drew (the cells of a lower group) and of where they are; zero on the first pass."""
-        M, h, w, _ = bits_MhwD.shape
-        codes_MdHW = (bits_MhwD.to(self.dtype) * 2 - 1).permute(0, 3, 1, 2)
-        group_hw = interleave_groups(h, w, stride).to(self.device)
-        context_MChw = 0
-        for group in range(1, stride * stride):
-            known_11hw = (group_hw < group).to(self.dtype)[None, None]
-            seen = torch.cat([codes_MdHW * known_11hw, known_11hw.expand(M, 1, h, w)], dim=1)
-            context_MChw = context_MChw + self.pass_context(seen) * (group_hw == group).to(self.dtype)
-        return context_MChw.permute(0, 2, 3, 1)
+        return video_BNC + self.scale_embed(coords_N4[:, 1])
 
     def _join(self, prefix_BLC, prefix_valid_BL, prefix_lengths_B, video_BNC, coords_N4, layout):
         """Put the prefix (text or class token; none after a cache's first block) before the video tokens; return the
         sequence with each token's block id, frame, RoPE position and validity (False on text padding). Positions
         count the real prefix tokens only (`prefix_lengths_B`, `prefix_position_ids`), never the padding."""
         B, N, _ = video_BNC.shape
-        blocks_N = layout.pass_ids(coords_N4)
+        blocks_N = coords_N4[:, 0] * layout.num_scales + coords_N4[:, 1]
         frames_N = coords_N4[:, 0]
         position_ids_BN3 = video_position_ids(
             coords_N4, prefix_lengths_B, layout.scale_sizes, self.config.rope_spatial_positions

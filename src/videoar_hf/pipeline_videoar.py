@@ -37,7 +37,6 @@ from .pipeline_inputs import (
     is_int,
 )
 from .sampling import sample_bits
-from .scale_schedule import interleave_groups
 
 logger = logging.get_logger(__name__)
 
@@ -514,8 +513,14 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
                         return
-                    guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
-                    bits_BhwD = self._sample_scale(cache, scale_input, size, guidance, w.prefix, o)
+                    model_input = None if scale_input is None else scale_input.repeat(1 + self.do_classifier_free_guidance, 1, 1, 1)
+                    logits = self.transformer(model_input, cache=cache, **w.prefix).logits.float()
+                    if self.do_classifier_free_guidance:
+                        cond, uncond = logits.chunk(2)
+                        guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
+                        logits = uncond + guidance * (cond - uncond)
+                    bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
+                    bits_BhwD = bits.reshape(s.batch, *size, -1)
                     next_size = scale_sizes[(scale + 1) % len(scale_sizes)]  # after the last scale: the next frame
                     latents[:, :, frame], scale_input = quantizer.accumulate(latents[:, :, frame], bits_BhwD, next_size)
 
@@ -531,45 +536,18 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     progress_bar.update()
                 yield latents
 
-    def _sample_scale(self, cache, scale_input, size, guidance: float, prefix: dict, o: dict) -> torch.Tensor:
-        """The bits `(B, h, w, d)` of the cache's next scale: one transformer pass, or one per group of a scale drawn in
-        interleaved passes (`VideoARConfig.scale_interleave`; never the first scale), each given the bits the earlier
-        ones drew."""
-        copies = 1 + self.do_classifier_free_guidance
-        model_input = None if scale_input is None else scale_input.repeat(copies, 1, 1, 1)
-        stride = cache.interleave[cache.next_pass[1]] if cache.interleave else 1
-        if stride == 1:
-            return self._sample_pass(cache, model_input, None, guidance, prefix, o).unflatten(1, size)
-        groups_hw = interleave_groups(*size, stride).to(scale_input.device)
-        drawn_BhwD = torch.zeros_like(scale_input, dtype=torch.bool)
-        for group in range(stride * stride):
-            drawn_bits = drawn_BhwD.repeat(copies, 1, 1, 1)
-            drawn_BhwD[:, groups_hw == group] = self._sample_pass(cache, model_input, drawn_bits, guidance, prefix, o)
-        return drawn_BhwD
-
-    def _sample_pass(self, cache, model_input, scale_bits, guidance: float, prefix: dict, o: dict) -> torch.Tensor:
-        """One transformer pass and its sampled bits `(B, n, d)`, classifier-free guidance applied."""
-        logits = self.transformer(model_input, cache=cache, scale_bits=scale_bits, **prefix).logits.float()
-        if self.do_classifier_free_guidance:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + guidance * (cond - uncond)
-        return sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
-
     def _prefill_given(self, cache, latents, w: "_Window") -> torch.Tensor:
         """Run the window's given frames (conditioning or re-encoded) through the cache in one transformer pass,
         writing their features into `latents`; return the input of the first block to sample."""
         quantizer, scale_sizes = self.video_tokenizer.quantizer, cache.scale_sizes
         inputs = [torch.zeros(latents.shape[0], 1, latents.shape[1], device=latents.device)]  # the start token
-        bits = []
         for frame in range(w.num_given):
             for scale in range(len(scale_sizes)):
                 next_size = scale_sizes[(scale + 1) % len(scale_sizes)]
                 latents[:, :, frame], next_input = quantizer.accumulate(latents[:, :, frame], w.given_bits[scale][:, frame], next_size)
                 inputs.append(next_input.flatten(1, 2))
-                bits.append(w.given_bits[scale][:, frame].flatten(1, 2))
-        copies = 1 + self.do_classifier_free_guidance
-        packed, packed_bits = torch.cat(inputs[:-1], dim=1), torch.cat(bits, dim=1).repeat(copies, 1, 1)
-        self.transformer(packed.repeat(copies, 1, 1), cache=cache, scale_bits=packed_bits, **w.prefix)
+        packed = torch.cat(inputs[:-1], dim=1)
+        self.transformer(packed.repeat(1 + self.do_classifier_free_guidance, 1, 1), cache=cache, **w.prefix)
         return inputs[-1].unflatten(1, scale_sizes[0])
 
     def _decoded_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:

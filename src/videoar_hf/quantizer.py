@@ -26,14 +26,11 @@ class ResidualQuantization:
         reconstruction before scale k resampled to (h_k, w_k); for k = 0 the previous frame's reconstruction (zeros for
         frame 0, where the transformer uses its start token instead).
     features: the cumulative reconstruction `F_hat`, `(B, d, T, H, W)`.
-    accumulated_bits: the bits each scale added to `features`, `(B, T, h_k, w_k, d)`: `bits`, with error correction's
-        flips. What the later passes of an interleaved scale see of the earlier ones (`VideoARConfig.scale_interleave`).
     """
 
     bits: list[torch.Tensor]
     scale_inputs: list[torch.Tensor]
     features: torch.Tensor
-    accumulated_bits: list[torch.Tensor]
 
 
 class MultiScaleBitwiseQuantizer(nn.Module):
@@ -78,7 +75,7 @@ class MultiScaleBitwiseQuantizer(nn.Module):
             raise ValueError(f"Expected {self.latent_bits} latent channels, got {d}.")
         latents_NdHW = latents_BdTHW.transpose(1, 2).reshape(B * T, d, H, W)
         features_NdHW = torch.zeros_like(latents_NdHW)
-        bits, accumulated, next_inputs = [], [], []
+        bits, next_inputs = [], []
         for k, size in enumerate(scale_sizes):
             bits_NhwD = self.downsample(latents_NdHW - features_NdHW, size).permute(0, 2, 3, 1) >= 0
             bits.append(bits_NhwD)
@@ -86,7 +83,6 @@ class MultiScaleBitwiseQuantizer(nn.Module):
                 flip_rate_N = flip_rates_BTK[:, :, k].reshape(B * T, 1, 1, 1).to(latents_NdHW.device)
                 noise = uniform_noise((B, T, *bits_NhwD.shape[1:]), generator, bits_NhwD.device).flatten(0, 1)
                 bits_NhwD = bits_NhwD ^ (noise < flip_rate_N)
-            accumulated.append(bits_NhwD)
             next_size = scale_sizes[(k + 1) % len(scale_sizes)]
             features_NdHW, next_input_NhwD = self.accumulate(features_NdHW, bits_NhwD, next_size)
             next_inputs.append(next_input_NhwD)
@@ -101,7 +97,6 @@ class MultiScaleBitwiseQuantizer(nn.Module):
             bits=[unfold(b) for b in bits],
             scale_inputs=[first_BThwD] + [unfold(x) for x in next_inputs],
             features=features_NdHW.reshape(B, T, d, H, W).transpose(1, 2),
-            accumulated_bits=[unfold(b) for b in accumulated],
         )
 
     def accumulate(

@@ -68,14 +68,6 @@ def _grid_at(side: int, rh: int, rw: int) -> tuple[int, int]:
     return max(1, int(side * rh / longer + 0.5)), max(1, int(side * rw / longer + 0.5))
 
 
-def interleave_groups(height: int, width: int, stride: int) -> torch.Tensor:
-    """`(height, width)` long tensor: the pass in which each cell of a scale drawn in `stride**2` interleaved passes is
-    drawn, `(row % stride) * stride + column % stride`. Cells of one pass lie `stride` apart, so a pass never draws two
-    neighbours at once."""
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    return (rows % stride) * stride + cols % stride
-
-
 def validate_scale_schedule(scale_schedule: Sequence[int], name: str = "scale_schedule") -> None:
     if len(scale_schedule) == 0 or any(int(s) != s or s < 1 for s in scale_schedule):
         raise ValueError(f"`{name}` must be a non-empty list of positive integers, got {scale_schedule}.")
@@ -87,46 +79,11 @@ def validate_scale_schedule(scale_schedule: Sequence[int], name: str = "scale_sc
 class TokenLayout:
     """Where every video token sits in the sequence `[frame 0: scales 1..K][frame 1: scales 1..K]...`.
 
-    A *block* is one scale of one frame, `h_k * w_k` tokens. A *pass* is what one forward pass draws at sampling: a
-    whole block, or, for a scale with an `interleave` stride `s > 1`, the cells of one of its `s * s` interleaved groups
-    (`interleave_groups`). Tokens stay in row-major order inside a block either way; `pass_ids` says which pass each
-    one belongs to, and the block-causal mask reads those ids.
+    A *block* is one scale of one frame, `h_k * w_k` tokens; block `b = t * K + k` is one forward pass at sampling.
     """
 
     num_frames: int
     scale_sizes: tuple[tuple[int, int], ...]
-    interleave: tuple[int, ...] | None = None
-
-    def __post_init__(self):
-        if self.interleave is None:
-            return
-        if len(self.interleave) != len(self.scale_sizes):
-            raise ValueError(f"`interleave` {self.interleave} needs one stride per scale, {len(self.scale_sizes)}.")
-        for (h, w), stride in zip(self.scale_sizes, self.interleave):
-            if stride > min(h, w):
-                raise ValueError(
-                    f"A {h}x{w} scale cannot be drawn in interleaved passes of stride {stride}: every pass needs a "
-                    f"cell, so the stride must be at most {min(h, w)} (`scale_interleave`)."
-                )
-
-    @cached_property
-    def strides(self) -> tuple[int, ...]:
-        return self.interleave or (1,) * self.num_scales
-
-    @cached_property
-    def passes(self) -> tuple[tuple[int, int], ...]:
-        """`(scale, group)` of each pass of a frame, in drawing order."""
-        return tuple((k, g) for k, stride in enumerate(self.strides) for g in range(stride * stride))
-
-    def pass_ids(self, coords_N4: torch.Tensor) -> torch.Tensor:
-        """`(N,)` the pass of each token, counted over the whole video (`frame * passes per frame + pass`): with no
-        interleaved scale, its block `t * K + k`."""
-        frame_N, scale_N, row_N, col_N = coords_N4.unbind(-1)
-        strides_K = torch.tensor(self.strides, device=coords_N4.device)
-        first_pass_K = torch.cumsum(strides_K**2, 0) - strides_K**2
-        stride_N = strides_K[scale_N]
-        group_N = (row_N % stride_N) * stride_N + col_N % stride_N
-        return frame_N * len(self.passes) + first_pass_K[scale_N] + group_N
 
     @property
     def num_scales(self) -> int:
@@ -150,8 +107,7 @@ class TokenLayout:
         return slice(start, start + h * w)
 
     def token_coords(self, frames: range | None = None, scales: range | None = None) -> torch.Tensor:
-        """`(N, 4)` long tensor of (frame, scale, row, column) for the blocks of `frames` x `scales`, in order (row-major
-        inside a block)."""
+        """`(N, 4)` long tensor of (frame, scale, row, column) for the blocks of `frames` x `scales`, in order."""
         frames = range(self.num_frames) if frames is None else frames
         scales = range(self.num_scales) if scales is None else scales
         coords = []

@@ -216,9 +216,7 @@ class TextToVideoTrainer(Trainer):
         labels = pyramid.bits
         if any(batch.get("continues", ())):
             labels = without_context(labels, batch["continues"], config.reencode_context_frames)
-        output = self.model(
-            pyramid.scale_inputs, labels=labels, frame_keep=frame_keep, scale_bits=pyramid.accumulated_bits, **prefix
-        )
+        output = self.model(pyramid.scale_inputs, labels=labels, frame_keep=frame_keep, **prefix)
         return output.loss, {}
 
     def pipeline(self, transformer):
