@@ -136,3 +136,35 @@ def test_prefilling_known_frames_in_one_pass_equals_running_them_block_by_block(
             return transformer(inputs[0][:, 2], cache=cache).logits
 
     torch.testing.assert_close(next_logits(prefill=True), next_logits(prefill=False), atol=1e-5, rtol=1e-5)
+
+
+def test_the_models_config_gives_the_default_context_and_a_call_overrides_it(pipe, monkeypatch):
+    pipe.transformer.config.max_latent_frames = 5
+    pipe.transformer.config.context_frames = 3  # half the trained length would be 2
+    encoded = []
+    original = pipe.video_tokenizer.encode
+
+    def spy(video, *args, **kwargs):
+        encoded.append(video.shape[2])
+        return original(video, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.video_tokenizer, "encode", spy)
+    generator = torch.Generator().manual_seed(3)
+    pipe(PROMPT, num_frames=25, output_type="pt", generator=generator)
+    # 7 latent frames: frames 0-4, then 2-6 on the last 3 re-encoded (1 + 4 x 2 pixel frames)
+    assert encoded == [9]
+    encoded.clear()
+    pipe(PROMPT, num_frames=25, output_type="pt", context_frames=1, generator=generator)
+    assert encoded == [1]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"context_frames": 0}, {"context_frames": True}, {"context_frames": 2.5},
+     {"context_frames": 5, "max_latent_frames": 5}],
+)
+def test_a_bad_context_in_the_config_is_named(fields):
+    from videoar_hf import VideoARConfig
+
+    with pytest.raises(Exception, match="context_frames"):  # huggingface_hub's strict-dataclass errors
+        VideoARConfig.from_preset("tiny", **fields)

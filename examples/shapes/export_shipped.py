@@ -1,18 +1,22 @@
 #!/usr/bin/env python
-"""Store a trained pipeline in bf16 (half the bytes; `from_pretrained` loads it as fp32) into the package folder.
+"""Store a trained pipeline in bf16 (half the bytes; `from_pretrained` loads it as fp32) into the package folder;
+`--context_frames` sets the transformer's default re-encoded context for long videos (`VideoARConfig.context_frames`).
 
     python examples/shapes/export_shipped.py outputs/shapes/transformer/pipeline src/videoar_hf/shipped/videoar-shapes
 """
 
-import sys
+import argparse
 
 import torch
 
 from videoar_hf import VideoARPipeline
 
 
-def main(source: str, target: str) -> None:
+def main(source: str, target: str, context_frames: int | None = None) -> None:
     pipe = VideoARPipeline.from_pretrained(source)
+    if context_frames is not None:
+        pipe.transformer.config.context_frames = context_frames
+        pipe.transformer.config.validate()
     pipe.to(dtype=torch.bfloat16).save_pretrained(target)
     reloaded = VideoARPipeline.from_pretrained(target)
     assert {m.dtype for m in (reloaded.video_tokenizer, reloaded.transformer, reloaded.text_encoder)} == {torch.float32}
@@ -20,6 +24,9 @@ def main(source: str, target: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: export_shipped.py SOURCE_PIPELINE TARGET_FOLDER")
-    main(sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="the trained pipeline folder")
+    parser.add_argument("target", help="where the bf16 copy goes")
+    parser.add_argument("--context_frames", type=int, default=None, help="the transformer's default context")
+    args = parser.parse_args()
+    main(args.source, args.target, args.context_frames)

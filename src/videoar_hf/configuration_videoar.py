@@ -31,6 +31,10 @@ class VideoARConfig(PreTrainedConfig):
             for transformers' classifiers (`LABEL_i` when not given) and must hold `num_classes` entries.
         max_latent_frames: the longest video, in latent frames, the model saw in training; the pipeline re-encodes the
             video's tail past it (docs/method.md §8). `None`: no limit known. *(our choice, §8)*
+        context_frames: latent frames a long generation re-encodes from the end of one window to start the next (the
+            pipeline's `context_frames` when a call does not give it), and the given frames of training clips that
+            continue a video. `None`: half of `max_latent_frames`. Must be below `max_latent_frames`. *(our choice,
+            §8)*
         rope_theta: RoPE base.
         rope_axes_dim: head dimensions given to the (time, height, width) axes of Multi-scale Temporal RoPE; must be
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.
@@ -71,6 +75,7 @@ class VideoARConfig(PreTrainedConfig):
     text_attention: str = "causal"
     num_classes: int | None = None
     max_latent_frames: int | None = None
+    context_frames: int | None = None
     error_correction: bool = True
     flip_rate_min: float = 0.0
     flip_rate_max: float = 0.25
@@ -134,10 +139,15 @@ class VideoARConfig(PreTrainedConfig):
             raise ValueError(f"`frame_mask_prob` must be in [0, 1), got {self.frame_mask_prob}.")
         if self.frame_mask_window is not None and self.frame_mask_window < 1:
             raise ValueError(f"`frame_mask_window` must be None or >= 1, got {self.frame_mask_window}.")
-        for field in ("num_classes", "max_latent_frames"):
+        for field in ("num_classes", "max_latent_frames", "context_frames"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"`{field}` must be None or a positive integer, got {value!r}.")
+        if None not in (self.context_frames, self.max_latent_frames) and self.context_frames >= self.max_latent_frames:
+            raise ValueError(
+                f"`context_frames` ({self.context_frames}) must be below `max_latent_frames` ({self.max_latent_frames}): "
+                "a window must have frames left to sample after its context."
+            )
         if self.num_classes is not None and sorted(self.id2label) != list(range(self.num_classes)):
             raise ValueError(
                 f"`id2label` must name the classes 0..{self.num_classes - 1} of `num_classes={self.num_classes}`, got "
@@ -156,9 +166,10 @@ class VideoARConfig(PreTrainedConfig):
 
     @property
     def reencode_context_frames(self) -> int:
-        """Latent frames a long generation re-encodes from one window's end to start the next, by default: half the
-        trained length (docs/method.md §8). Training on clips that continue a video gives them as context alike."""
-        return max(1, (self.max_latent_frames or 2) // 2)
+        """Latent frames a long generation re-encodes from one window's end to start the next, by default:
+        `context_frames`, or half the trained length (docs/method.md §8). Training on clips that continue a video
+        gives them as context alike."""
+        return self.context_frames or max(1, (self.max_latent_frames or 2) // 2)
 
     @property
     def is_class_conditional(self) -> bool:
@@ -183,10 +194,10 @@ CHOICES = {
     "loss_scale_weighting": ("infinity", "uniform"),
 }
 
-# fields that change how the model trains (and, for the window, which past frames it attends to), not its weights:
-# a later stage may give a pretrained model new values (docs/method.md §7, stage III)
+# fields that change how the model trains (and, for the window and the context, how it samples long videos), not its
+# weights: a later stage may give a pretrained model new values (docs/method.md §7, stage III)
 TRAINING_FIELDS = ("error_correction", "flip_rate_min", "flip_rate_max", "flip_rate_delta", "flip_rate_inheritance",
-                   "frame_mask_prob", "frame_mask_window", "loss_scale_weighting")  # fmt: skip
+                   "frame_mask_prob", "frame_mask_window", "loss_scale_weighting", "context_frames")  # fmt: skip
 
 # fields whose default differs from what configs saved before the field existed were trained with
 SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}
