@@ -112,6 +112,10 @@ def main(args: argparse.Namespace) -> Path:
     # the pipeline re-encodes past the longest clip trained on (docs/method.md §8)
     trained_frames = max(video_tokenizer.num_latent_frames(stage.num_frames) for stage in config.stages)
     transformer.config.max_latent_frames = max(trained_frames, transformer.config.max_latent_frames or 0)
+    try:  # before any step: a re-encoded context must leave a window frames to sample
+        transformer.config.validate_architecture()
+    except ValueError as error:
+        raise ValueError(f"The stages train on {trained_frames} latent frames at most: {one_line(error)}") from error
     pipeline_dir = config.output_dir / "pipeline"
 
     def save(trained: VideoARTransformer) -> None:
