@@ -317,3 +317,12 @@ def test_a_later_stage_gives_a_pretrained_transformer_new_training_fields(compon
                                        pretrained, "--transformer_config", '{"frame_mask_window": 0}'))  # fmt: skip
     with pytest.raises(ValueError, match='--transformer_config {"frame_mask_window": 0}: `frame_mask_window` must be'):
         script.main(args)
+
+
+def test_training_refuses_a_context_as_long_as_its_clips_before_any_step(components, tmp_path):
+    script = load_script()
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "2",
+                                       "--transformer_config", '{"context_frames": 2}'))  # fmt: skip
+    with pytest.raises(ValueError, match=r"train on 2 latent frames at most: `context_frames` \(2\) must be below"):
+        script.main(args)
+    assert not (tmp_path / "pipeline").exists()
