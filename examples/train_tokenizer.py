@@ -43,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid; with a new scale_schedule in --tokenizer_config, the decoder learns the encoder's latents quantized on it.")
     model.add_argument("--colour_mix_prob", type=float, default=0.0, help="Probability of mixing a clip's RGB channels by a random non-negative 3x3 matrix (black stays black), so the tokenizer learns colours beyond its data's palette.")
     model.add_argument("--nested_dropout_prob", type=float, default=0.0, help="Probability that a step decodes only the first k scales (k uniform in 1..K-1), so the coarse scales must carry what matters most: where the object is and how big (nested dropout; our addition, the paper decodes the whole pyramid). 0 turns it off.")
-    model.add_argument("--bit_noise_temperature", type=float, default=0.0, help="Decode each finest-scale bit drawn from sigmoid(r / T) of its residual r instead of its sign, so that bits near the quantizer's threshold are coin flips: the decoder learns not to rely on them and the encoder to move what it needs away from the threshold, where a transformer predicts bits well (our addition, docs/method.md §2). 0 turns it off.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
@@ -73,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             json.loads(args.tokenizer_config)
         except json.JSONDecodeError as error:
             parser.error(f"--tokenizer_config is not valid JSON: {error}")
-    for flag in ("gan_weight", "gan_start_step", "foreground_weight", "foreground_dilation", "bit_noise_temperature"):
+    for flag in ("gan_weight", "gan_start_step", "foreground_weight", "foreground_dilation"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
     for flag in ("colour_mix_prob", "nested_dropout_prob"):
@@ -155,12 +154,11 @@ class TokenizerTrainer(Trainer):
     """The tokenizer's loss step, the optional discriminator step after it, and reconstructions at checkpoints."""
 
     def __init__(self, accelerator, config, tokenizer, loss_fn: TokenizerLoss, colour_mix_prob: float,
-                 nested_dropout_prob: float = 0.0, bit_noise_temperature: float = 0.0):  # fmt: skip
+                 nested_dropout_prob: float = 0.0):  # fmt: skip
         super().__init__(accelerator, config, tokenizer)
         self.loss_fn = loss_fn
         self.colour_mix_prob = colour_mix_prob
         self.nested_dropout_prob = nested_dropout_prob
-        self.bit_noise_temperature = bit_noise_temperature
         self.gan_inputs = None
 
     def decoded_scales(self, video: torch.Tensor, generator: torch.Generator) -> int | None:
@@ -175,10 +173,7 @@ class TokenizerTrainer(Trainer):
             video = mix_colours(video, self.colour_mix_prob, generators)
         num_scales = self.decoded_scales(video, generators[0])
         # a tuple: accelerate's mixed-precision output conversion cannot rebuild diffusers' output classes
-        reconstruction, latents, _, commitment_loss = self.model(
-            video, return_dict=False, num_scales=num_scales, bit_noise_temperature=self.bit_noise_temperature,
-            generator=generators,
-        )
+        reconstruction, latents, _, commitment_loss = self.model(video, return_dict=False, num_scales=num_scales)
         discriminator = self.extra_models[0] if self.extra_models else None
         loss, parts = self.loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
         self.gan_inputs = (video, reconstruction.detach()) if self.loss_fn.gan_active(step) else None
@@ -229,8 +224,7 @@ def main(args: argparse.Namespace) -> Path:
         lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
     ).to(accelerator.device)  # fmt: skip
 
-    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob, args.nested_dropout_prob,
-                               args.bit_noise_temperature)  # fmt: skip
+    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob, args.nested_dropout_prob)
     if args.gan_weight > 0:
         discriminator = Discriminator3D(base_channels=args.discriminator_channels, norm_num_groups=8)
         optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate, betas=config.adam_betas)

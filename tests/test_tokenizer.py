@@ -165,35 +165,6 @@ def test_nested_dropout_decodes_the_first_scales_alone_and_still_trains_the_enco
             model(video, num_scales=bad)
 
 
-def test_stochastic_finest_bits_flip_the_bits_near_the_threshold_and_still_train_the_encoder():
-    model = tiny_tokenizer()
-    video = random_video(2, 4, batch=2)
-    with torch.no_grad():
-        latents = model.encode(video).latents
-        clean = model.quantize(latents)
-        finest_codes = model.quantizer.codes_from_bits(clean.bits[-1]).permute(0, 4, 1, 2, 3)
-        residual = latents - (clean.features - finest_codes)
-        noisy = [model.quantize(latents, bit_noise_temperature=0.05, generator=torch.Generator().manual_seed(s))
-                 for s in range(20)]  # fmt: skip
-    flipped = torch.stack([(n.features - clean.features).abs() > 1e-6 for n in noisy]).float()
-    # a flip negates one finest code and touches nothing else
-    torch.testing.assert_close(torch.stack([n.features for n in noisy]), clean.features - 2 * finest_codes * flipped)
-    near, far = residual.abs() < 0.01, residual.abs() > 0.3
-    assert near.any() and far.any()
-    assert 0.35 < flipped.mean(0)[near].mean() < 0.65, "a bit at the threshold is a coin flip"
-    assert flipped.mean(0)[far].max() < 0.05, "a bit far from it keeps its sign"
-    for n in noisy[:2]:  # the targets and the commitment term stay the noiseless pyramid's
-        assert all(torch.equal(a, b) for a, b in zip(n.bits, clean.bits))
-        torch.testing.assert_close(n.commitment_loss, clean.commitment_loss)
-    with torch.no_grad():
-        assert torch.equal(model(video, bit_noise_temperature=0).sample, model(video).sample)
-    F.mse_loss(model(video, bit_noise_temperature=0.05).sample, video).backward()
-    assert model.encoder.conv_in.conv.weight.grad.abs().sum() > 0
-    for bad in (-0.1, "0.1", None):
-        with pytest.raises(ValueError, match="bit_noise_temperature"):
-            model(video, bit_noise_temperature=bad)
-
-
 def test_gradient_checkpointing_matches():
     video = random_video(2, 4)
 

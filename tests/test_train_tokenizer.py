@@ -143,18 +143,6 @@ def test_nested_dropout_decodes_some_steps_from_the_coarse_scales_alone(tmp_path
     assert [("nested_psnr" in r, "psnr" in r) for r in records] == [(k is not None, k is None) for k in during_training]
 
 
-def test_stochastic_finest_bits_reach_the_decoder_in_training(tmp_path, monkeypatch):
-    """--bit_noise_temperature: every training step quantizes with it, each sample with its own generator; the samples
-    written at the end decode noiseless pyramids."""
-    seen = []
-    original = VideoARTokenizer.quantize
-    monkeypatch.setattr(VideoARTokenizer, "quantize", lambda self, *a, **k: seen.append(k) or original(self, *a, **k))
-    load_script().main(args_for(tmp_path, "--max_train_steps", "3", "--bit_noise_temperature", "0.05"))
-    assert [k["bit_noise_temperature"] for k in seen[:3]] == [0.05] * 3
-    assert all(isinstance(k["generator"], list) and len(k["generator"]) == 4 for k in seen[:3])
-    assert all(k.get("bit_noise_temperature", 0) == 0 for k in seen[3:])
-
-
 def test_colour_mixing_recolours_some_clips_and_keeps_black():
     mix_colours = load_script().mix_colours
     video = -torch.ones(64, 3, 2, 4, 4)
@@ -178,7 +166,6 @@ def test_colour_mixing_recolours_some_clips_and_keeps_black():
         (["--gan_weight", "-1"], "--gan_weight"),
         (["--foreground_weight", "-0.5"], "--foreground_weight"),
         (["--foreground_dilation", "-1"], "--foreground_dilation must be >= 0"),
-        (["--bit_noise_temperature", "-0.05"], "--bit_noise_temperature must be >= 0"),
         (["--reinflate"], "--reinflate needs --pretrained_tokenizer"),
         (["--train_decoder_only"], "--train_decoder_only needs --pretrained_tokenizer"),
         (["--tokenizer_config", "{bad json"], "--tokenizer_config"),

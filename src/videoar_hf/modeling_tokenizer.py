@@ -13,7 +13,6 @@ from .causal_cnn import Decoder3D, Encoder3D, causal_streaming
 from .pipeline_folder import safetensors_only
 from .pipeline_inputs import require
 from .quantizer import MultiScaleBitwiseQuantizer
-from .sampling import uniform_noise
 from .scale_schedule import get_scale_sizes, nearest_served_grids, validate_scale_schedule
 
 
@@ -217,46 +216,25 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         return 0 if latent_frame == 0 else 1 + self.config.temporal_compression_ratio * (latent_frame - 1)
 
     def quantize(
-        self,
-        latents: torch.Tensor,
-        return_dict: bool = True,
-        num_scales: int | None = None,
-        bit_noise_temperature: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        self, latents: torch.Tensor, return_dict: bool = True, num_scales: int | None = None
     ) -> VideoARTokenizerQuantizerOutput | tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Multi-scale residual BSQ of every latent frame over the scale schedule. With `num_scales`, `features` is
-        `F_hat` of the first `num_scales` scales alone (nested dropout in training, docs/method.md §2). With
-        `bit_noise_temperature` T > 0, each finest-scale bit in `features` is drawn from `sigmoid(r / T)` of its
-        residual r instead of being its sign (stochastic finest bits in training, docs/method.md §2). The bits and the
-        commitment loss are always the whole, noiseless pyramid's."""
+        `F_hat` of the first `num_scales` scales alone (nested dropout in training, docs/method.md §2); the bits and
+        the commitment loss are always the whole pyramid's."""
         self._check_tensor("latents", latents, self.config.latent_channels, "(B, d, T', h, w)")
         scale_sizes = get_scale_sizes(self.config.scale_schedule, *latents.shape[-2:])
         require(num_scales is None or (isinstance(num_scales, int) and 1 <= num_scales <= len(scale_sizes)),
                 "num_scales", num_scales, f"None or an integer in [1, {len(scale_sizes)}]")  # fmt: skip
-        require(isinstance(bit_noise_temperature, (int, float)) and bit_noise_temperature >= 0,
-                "bit_noise_temperature", bit_noise_temperature, "a number >= 0")  # fmt: skip
         quantized = self.quantizer.residual_quantize(latents, scale_sizes)
         commitment_loss = torch.mean((latents - quantized.features.detach()) ** 2)
         features = quantized.features
         if num_scales is not None and num_scales < len(scale_sizes):
             features = self.quantizer.bits_to_features(quantized.bits[:num_scales], scale_sizes[-1], latents.dtype)
-        elif bit_noise_temperature > 0:
-            features = self._with_noisy_finest_bits(latents, quantized.bits[-1], features, bit_noise_temperature, generator)
         # straight-through: the value is exactly F_hat (x - x == 0), the gradient reaches the encoder
         features = features + (latents - latents.detach())
         if not return_dict:
             return quantized.bits, features, commitment_loss
         return VideoARTokenizerQuantizerOutput(bits=quantized.bits, features=features, commitment_loss=commitment_loss)
-
-    def _with_noisy_finest_bits(self, latents, finest_bits_BThwd, features, temperature, generator):
-        """`features` with each finest-scale bit flipped with probability `sigmoid(-|r| / temperature)`, r its residual:
-        a bit near the threshold becomes a coin flip, so the decoder cannot rely on it and the encoder, through the
-        straight-through gradient, moves what it needs away from the threshold."""
-        # the finest scale is the latent grid, so its code adds there as it is and `r = F - (F_hat - code)`
-        codes_BdThw = self.quantizer.codes_from_bits(finest_bits_BThwd, features.dtype).permute(0, 4, 1, 2, 3)
-        residual = latents.detach() - (features - codes_BdThw)
-        flip = uniform_noise(residual.shape, generator, residual.device) < torch.sigmoid(-residual.abs() / temperature)
-        return features - 2 * codes_BdThw * flip
 
     @apply_forward_hook
     def decode(
@@ -286,19 +264,12 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
         return self.decode(features, return_dict=return_dict, chunk_size=chunk_size)
 
     def forward(
-        self,
-        sample: torch.Tensor,
-        return_dict: bool = True,
-        num_scales: int | None = None,
-        bit_noise_temperature: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        self, sample: torch.Tensor, return_dict: bool = True, num_scales: int | None = None
     ) -> VideoARTokenizerOutput | tuple:
         """Encode, quantize and decode `sample` `(B, 3, 1 + T, H, W)`; the decoder sees exactly `F_hat`, of the
-        first `num_scales` scales if given, with stochastic finest bits if `bit_noise_temperature` > 0 (see
-        `quantize`)."""
+        first `num_scales` scales if given (see `quantize`)."""
         latents = self.encode(sample).latents
-        quantized = self.quantize(latents, num_scales=num_scales, bit_noise_temperature=bit_noise_temperature,
-                                  generator=generator)  # fmt: skip
+        quantized = self.quantize(latents, num_scales=num_scales)
         reconstruction = self.decode(quantized.features).sample
         if not return_dict:
             return reconstruction, latents, quantized.features, quantized.commitment_loss
