@@ -166,3 +166,50 @@ def test_the_models_config_gives_the_default_context_and_a_call_overrides_it(pip
 def test_a_bad_context_in_the_config_is_named(fields):
     with pytest.raises(Exception, match="context_frames"):  # huggingface_hub's strict-dataclass errors
         VideoARConfig.from_preset("tiny", **fields)
+
+
+def watch_batches(pipe) -> list[int]:
+    """The batch of every transformer call: 2 per video with classifier-free guidance, 1 without."""
+    batches = []
+    pipe.transformer.register_forward_hook(lambda module, args, output: batches.append(output.logits.shape[0]))
+    return batches
+
+
+def test_guidance_stops_after_guidance_frames_and_later_windows_skip_the_unconditional_pass(pipe):
+    batches = watch_batches(pipe)
+    frames = pipe(PROMPT, num_frames=33, guidance_scale=4.0, guidance_frames=2, output_type="pt",
+                  generator=torch.Generator().manual_seed(4)).frames  # fmt: skip
+    # windows of 3 latent frames re-encoding 1: 0-2 guided (frame 2 at scale 1), then 2-4, 4-6, 6-8 unguided
+    assert batches == [2] * 9 + [1] * 3 * (1 + 6)
+    table = torch.full((9, 3), 4.0)
+    table[2:] = 1.0
+    same = pipe(PROMPT, num_frames=33, guidance_scale=table, output_type="pt", generator=torch.Generator().manual_seed(4)).frames
+    torch.testing.assert_close(frames, same, atol=1e-5, rtol=0)
+    assert not torch.allclose(frames, pipe(PROMPT, num_frames=33, guidance_scale=4.0, output_type="pt",
+                                           generator=torch.Generator().manual_seed(4)).frames)  # fmt: skip
+
+
+def test_the_models_config_gives_the_default_guided_frames_and_a_call_overrides_it(pipe):
+    pipe.transformer.config.guidance_frames = 3
+    batches = watch_batches(pipe)
+    pipe(PROMPT, num_frames=17)  # windows 0-2 and 2-4: the second samples frames 3 and 4, past the guided ones
+    assert batches == [2] * 9 + [1] * (1 + 6)
+    batches.clear()
+    pipe(PROMPT, num_frames=17, guidance_frames=4)
+    assert batches == [2] * (9 + 1 + 6), "frame 3 guided: both windows run the unconditional pass"
+
+
+def test_guidance_restarts_with_each_later_prompt(pipe):
+    pipe.transformer.config.max_latent_frames = None  # switching alone starts a window
+    batches = watch_batches(pipe)
+    frames = pipe(PROMPT, num_frames=17, next_prompts=[(9, "a blue square moving up")], guidance_frames=1).frames
+    assert frames.shape == (1, 17, 32, 32, 3)
+    assert batches == [2] * 6 + [2] * (1 + 9), "the second prompt's window is guided again"
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "2"])
+def test_a_bad_guidance_frames_is_named(pipe, value):
+    with pytest.raises(ValueError, match="guidance_frames"):
+        pipe(PROMPT, num_frames=17, guidance_frames=value)
+    with pytest.raises(Exception, match="guidance_frames"):  # huggingface_hub's strict-dataclass errors
+        VideoARConfig.from_preset("tiny", guidance_frames=value)

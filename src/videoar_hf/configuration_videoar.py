@@ -35,6 +35,12 @@ class VideoARConfig(PreTrainedConfig):
             pipeline's `context_frames` when a call does not give it), and the given frames of training clips that
             continue a video. `None`: half of `max_latent_frames`. Must be below `max_latent_frames`. *(our choice,
             §8)*
+        guidance_frames: latent frames, from the start of a video and from each later prompt, sampled with
+            classifier-free guidance; later ones are sampled without it (scale 1), and a long video's windows past
+            them skip the unconditional pass. The pipeline's `guidance_frames` when a call does not give it. A caption
+            that describes a video's first moments (the direction of a bouncing object's first leg) pulls every
+            later frame back towards them when guided. `None`: every frame is guided, as in the paper. *(our
+            choice, §8)*
         rope_theta: RoPE base.
         rope_axes_dim: head dimensions given to the (time, height, width) axes of Multi-scale Temporal RoPE; must be
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.
@@ -76,6 +82,7 @@ class VideoARConfig(PreTrainedConfig):
     num_classes: int | None = None
     max_latent_frames: int | None = None
     context_frames: int | None = None
+    guidance_frames: int | None = None
     error_correction: bool = True
     flip_rate_min: float = 0.0
     flip_rate_max: float = 0.25
@@ -139,7 +146,7 @@ class VideoARConfig(PreTrainedConfig):
             raise ValueError(f"`frame_mask_prob` must be in [0, 1), got {self.frame_mask_prob}.")
         if self.frame_mask_window is not None and self.frame_mask_window < 1:
             raise ValueError(f"`frame_mask_window` must be None or >= 1, got {self.frame_mask_window}.")
-        for field in ("num_classes", "max_latent_frames", "context_frames"):
+        for field in ("num_classes", "max_latent_frames", "context_frames", "guidance_frames"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"`{field}` must be None or a positive integer, got {value!r}.")
@@ -194,10 +201,11 @@ CHOICES = {
     "loss_scale_weighting": ("infinity", "uniform"),
 }
 
-# fields that change how the model trains (and, for the window and the context, how it samples long videos), not its
+# fields that change how the model trains (and, for the window, the context and guidance, how it samples), not its
 # weights: a later stage may give a pretrained model new values (docs/method.md §7, stage III)
 TRAINING_FIELDS = ("error_correction", "flip_rate_min", "flip_rate_max", "flip_rate_delta", "flip_rate_inheritance",
-                   "frame_mask_prob", "frame_mask_window", "loss_scale_weighting", "context_frames")  # fmt: skip
+                   "frame_mask_prob", "frame_mask_window", "loss_scale_weighting", "context_frames",
+                   "guidance_frames")  # fmt: skip
 
 # fields whose default differs from what configs saved before the field existed were trained with
 SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}

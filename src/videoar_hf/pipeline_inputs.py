@@ -67,8 +67,8 @@ def check_scalars(o: dict) -> None:
     inputs = o["callback_on_step_end_tensor_inputs"]
     require(isinstance(inputs, (list, tuple)) and all(isinstance(k, str) for k in inputs),
             "callback_on_step_end_tensor_inputs", inputs, "a list of names")  # fmt: skip
-    require(o["context_frames"] is None or (is_int(o["context_frames"]) and o["context_frames"] >= 1),
-            "context_frames", o["context_frames"], "None or a positive integer")  # fmt: skip
+    for name in ("context_frames", "guidance_frames"):
+        require(o[name] is None or (is_int(o[name]) and o[name] >= 1), name, o[name], "None or a positive integer")
 
 
 def check_next_prompts(next_prompts, num_frames: int, tau: int, has_prompt: bool) -> None:

@@ -441,7 +441,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if window is not None and given_bits and given_bits[0].shape[1] > window:
             raise ValueError(f"The conditioning frames fill {given_bits[0].shape[1]} latent frames, more than the "
                              f"{window} the model was trained on (`transformer.config.max_latent_frames`).")  # fmt: skip
-        sampling = _Sampling(batch, num_latent_frames, latent_size, prefixes, given_bits, device, o, window, context)
+        guided = o["guidance_frames"] or self.transformer.config.guidance_frames
+        sampling = _Sampling(batch, num_latent_frames, latent_size, prefixes, given_bits, device, o, window, context, guided)
         if sampling.is_windowed and o["output_type"] == "latent":
             raise ValueError("`output_type='latent'` is not available when the video is re-encoded between windows "
                              "(longer than `transformer.config.max_latent_frames`, or with `next_prompts`).")  # fmt: skip
@@ -513,11 +514,11 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
                         return
-                    model_input = None if scale_input is None else scale_input.repeat(1 + self.do_classifier_free_guidance, 1, 1, 1)
+                    model_input = None if scale_input is None else scale_input.repeat(1 + w.guided, 1, 1, 1)
                     logits = self.transformer(model_input, cache=cache, **w.prefix).logits.float()
-                    if self.do_classifier_free_guidance:
+                    if w.guided:
                         cond, uncond = logits.chunk(2)
-                        guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
+                        guidance = self._current_guidance(s, w.first_frame + frame, scale, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
                     bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
                     bits_BhwD = bits.reshape(s.batch, *size, -1)
@@ -547,7 +548,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 latents[:, :, frame], next_input = quantizer.accumulate(latents[:, :, frame], w.given_bits[scale][:, frame], next_size)
                 inputs.append(next_input.flatten(1, 2))
         packed = torch.cat(inputs[:-1], dim=1)
-        self.transformer(packed.repeat(1 + self.do_classifier_free_guidance, 1, 1), cache=cache, **w.prefix)
+        self.transformer(packed.repeat(1 + w.guided, 1, 1), cache=cache, **w.prefix)
         return inputs[-1].unflatten(1, scale_sizes[0])
 
     def _decoded_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
@@ -568,7 +569,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     latents = self.video_tokenizer.encode(pixels.to(self.video_tokenizer.dtype)).latents
                     given = self.video_tokenizer.quantize(latents).bits
                 prefix = [p for start, p in s.prefixes if start <= end][-1]
-                window = _Window(first, count, given, prefix)
+                window = self._window(s, first, count, given, prefix)
                 for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
                     if frame < context:  # re-encoded frames: already decoded and shown
                         continue
@@ -580,9 +581,19 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     return
                 step, end = step + passes(count, window.num_given, num_scales), first + count
 
-    def _current_guidance(self, frame: int, scale: int, num_frames: int, num_scales: int) -> float:
+    def _window(self, s: "_Sampling", first: int, count: int, given_bits: list[torch.Tensor], prefix: dict) -> "_Window":
+        """A window of the cache; one whose frames are all past `guidance_frames` runs the conditional half only."""
+        num_given = given_bits[0].shape[1] if given_bits else 0
+        guided = self.do_classifier_free_guidance and s.is_guided(first + num_given)
+        if self.do_classifier_free_guidance and not guided:  # the prompts (or classes) come first in the batch
+            prefix = {name: value[: s.batch] for name, value in prefix.items()}
+        return _Window(first, count, given_bits, prefix, guided)
+
+    def _current_guidance(self, s: "_Sampling", frame: int, scale: int, num_scales: int) -> float:
+        if not s.is_guided(frame):
+            return 1.0
         # read each pass, so a callback that sets `_guidance_scale` takes effect from the next pass on
-        return guidance_table(self._guidance_scale, num_frames, num_scales)[frame, scale].item()
+        return guidance_table(self._guidance_scale, s.num_latent_frames, num_scales)[frame, scale].item()
 
     @torch.no_grad()
     def __call__(
@@ -613,6 +624,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         attention_kwargs: dict[str, Any] | None = None,
         next_prompts: list[tuple[int, str]] | None = None,
         context_frames: int | None = None,
+        guidance_frames: int | None = None,
         class_labels: int | str | list[int | str] | None = None,
     ) -> VideoARPipelineOutput | tuple:
         """Generate videos.
@@ -655,6 +667,10 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             context_frames: latent frames re-encoded from the end of one window to start the next, when the video
                 is longer than `transformer.config.max_latent_frames` (the length trained on) or a prompt changes;
                 half the trained length by default (docs/method.md §8).
+            guidance_frames: latent frames sampled with classifier-free guidance, counted from the start of the video
+                and again from each of `next_prompts`; later frames are sampled without it (scale 1), and a window
+                wholly past them skips the unconditional pass. By default `transformer.config.guidance_frames`; when
+                that is None too, every frame is guided. A number at least the video's latent frames guides them all.
         """
         options = {name: value for name, value in locals().items() if name != "self"}
         sampling = self._prepare_sampling(options)
@@ -693,7 +709,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
     def _sample_and_decode(self, s: "_Sampling", output_type: str, decode_chunk_size: int | None):
         """One window: sample every latent frame, then decode them at once (or as `latent`, undecoded)."""
-        window = _Window(0, s.num_latent_frames, s.given_bits, s.prefixes[0][1])
+        window = self._window(s, 0, s.num_latent_frames, s.given_bits, s.prefixes[0][1])
         latents = torch.zeros(s.batch, self.video_tokenizer.config.latent_channels, 1, *s.latent_size)
         with self.progress_bar(total=self.num_timesteps) as progress_bar:
             for latents in self._sample_latent_frames(s, window, progress_bar):
@@ -725,7 +741,8 @@ class _Sampling:
     `prefixes` holds `(first latent frame, the transformer's prefix arguments)` for the prompt (or classes) and each
     later prompt; `window` is the
     most latent frames one pass of the cache may hold (`transformer.config.max_latent_frames`, None: no limit) and
-    `context` the latent frames re-encoded from the end of one window to start the next."""
+    `context` the latent frames re-encoded from the end of one window to start the next; `guidance_frames` counts
+    the guided latent frames from each prompt's first frame (None: all)."""
 
     batch: int
     num_latent_frames: int
@@ -736,6 +753,12 @@ class _Sampling:
     options: dict
     window: int | None = None
     context: int = 1
+    guidance_frames: int | None = None
+
+    def is_guided(self, frame: int) -> bool:
+        """Whether latent `frame` is sampled with classifier-free guidance (when the call guides at all)."""
+        prompt_start = max(first for first, _ in self.prefixes if first <= frame)
+        return self.guidance_frames is None or frame - prompt_start < self.guidance_frames
 
     @property
     def is_windowed(self) -> bool:
@@ -745,12 +768,14 @@ class _Sampling:
 @dataclass
 class _Window:
     """One pass of the KV cache: `num_frames` latent frames, the first `len(given_bits[0][0])` given (the user's
-    frames, or the re-encoded end of the previous window), placed at `first_frame` of the whole video."""
+    frames, or the re-encoded end of the previous window), placed at `first_frame` of the whole video. A `guided`
+    window runs each pass on the conditional and unconditional batch together."""
 
     first_frame: int
     num_frames: int
     given_bits: list[torch.Tensor]
     prefix: dict
+    guided: bool
 
     @property
     def num_given(self) -> int:
