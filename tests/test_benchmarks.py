@@ -40,3 +40,16 @@ def test_the_report_marks_each_target():
     assert verdicts["speed vs next-token AR, shipped size"] and not verdicts["speed vs next-token AR, ~100M"]
     assert not verdicts["speed vs 50-step Wan diffusion, mid size"]
     assert verdicts["growth with window: peak memory 129 / 17"]
+
+
+def test_generate_speed_reports_the_saving_of_guidance_frames_against_every_frame_guided():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("generate_speed", BENCHMARKS / "generate_speed.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    result = module.main(["--num_frames", "9", "--runs", "1", "--every_frame_guided"])
+    assert result["video"] == "9x64x64" and result["runs"] == 1
+    assert result["every_frame_guided_s_median"] > 0 and result["speedup_over_every_frame_guided"] > 0
