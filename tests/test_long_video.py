@@ -175,12 +175,13 @@ def watch_batches(pipe) -> list[int]:
     return batches
 
 
-def test_guidance_stops_after_guidance_frames_and_later_windows_skip_the_unconditional_pass(pipe):
+def test_guidance_stops_after_guidance_frames_and_later_frames_skip_the_unconditional_pass(pipe):
     batches = watch_batches(pipe)
     frames = pipe(PROMPT, num_frames=33, guidance_scale=4.0, guidance_frames=2, output_type="pt",
                   generator=torch.Generator().manual_seed(4)).frames  # fmt: skip
-    # windows of 3 latent frames re-encoding 1: 0-2 guided (frame 2 at scale 1), then 2-4, 4-6, 6-8 unguided
-    assert batches == [2] * 9 + [1] * 3 * (1 + 6)
+    # windows of 3 latent frames re-encoding 1: frames 0 and 1 guided, then the unconditional half is dropped; each
+    # later window prefills its re-encoded frame with both halves, then drops one
+    assert batches == [2] * 6 + [1] * 3 + ([2] + [1] * 6) * 3
     table = torch.full((9, 3), 4.0)
     table[2:] = 1.0
     same = pipe(PROMPT, num_frames=33, guidance_scale=table, output_type="pt", generator=torch.Generator().manual_seed(4)).frames
@@ -193,10 +194,10 @@ def test_the_models_config_gives_the_default_guided_frames_and_a_call_overrides_
     pipe.transformer.config.guidance_frames = 3
     batches = watch_batches(pipe)
     pipe(PROMPT, num_frames=17)  # windows 0-2 and 2-4: the second samples frames 3 and 4, past the guided ones
-    assert batches == [2] * 9 + [1] * (1 + 6)
+    assert batches == [2] * 9 + [2] + [1] * 6
     batches.clear()
     pipe(PROMPT, num_frames=17, guidance_frames=4)
-    assert batches == [2] * (9 + 1 + 6), "frame 3 guided: both windows run the unconditional pass"
+    assert batches == [2] * 9 + [2] + [2] * 3 + [1] * 3
 
 
 def test_guidance_restarts_with_each_later_prompt(pipe):
@@ -204,7 +205,8 @@ def test_guidance_restarts_with_each_later_prompt(pipe):
     batches = watch_batches(pipe)
     frames = pipe(PROMPT, num_frames=17, next_prompts=[(9, "a blue square moving up")], guidance_frames=1).frames
     assert frames.shape == (1, 17, 32, 32, 3)
-    assert batches == [2] * 6 + [2] * (1 + 9), "the second prompt's window is guided again"
+    # frame 0 guided, frame 1 not; the second prompt's window (1-4, frame 1 re-encoded) guides its first frame, 2
+    assert batches == [2] * 3 + [1] * 3 + [2] + [2] * 3 + [1] * 6
 
 
 @pytest.mark.parametrize("value", [0, -1, 2.5, True, "2"])

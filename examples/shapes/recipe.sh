@@ -73,10 +73,10 @@ bounce_long="$work/transformer_bounce_long/bf16"
 
 # long videos re-encode 2 latent frames (5 pixel frames, enough to carry the motion) to start each window, not half
 # the trained length: bounce on 50 prompts the evaluator does not use, 70.4 -> 76.4 % (TUNING, session 18); and guide
-# only the first 5 latent frames, the 17 pixel frames a caption describes: shape kept at 129 frames 72.6 -> 77.4 %
-# on those prompts, bounce 76.4 -> 79.2 % (TUNING, session 20)
+# only the first latent frame, which the text alone sets up: later frames guided round the squares (train-suite
+# squares read 2 -> 9 of 32) and pull long videos back to the caption's direction (TUNING, session 20)
 python "$here/export_shipped.py" "$work/transformer_bounce_mid/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes" \
-  --context_frames 2 --guidance_frames 5
+  --context_frames 2 --guidance_frames 1
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
 # the model card's figures and report

@@ -45,6 +45,12 @@ class VideoARCache(Cache):
         self.token_frames = torch.cat([self.token_frames, frames_N])
         self.token_valid = torch.cat([self.token_valid, valid_BN], dim=1)
 
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the samples `indices`, e.g. the conditional half once classifier-free guidance is over."""
+        super().batch_select_indices(indices)
+        if not self.is_empty:
+            self.token_valid, self.text_lengths = self.token_valid[indices], self.text_lengths[indices]
+
     def drop_frames_before(self, frame: int) -> None:
         """Forget the keys and values of video frames before `frame` (the text prefix stays): with a frame window,
         nothing can attend to them any more, and the cache stops growing with the video."""

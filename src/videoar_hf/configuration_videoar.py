@@ -36,8 +36,7 @@ class VideoARConfig(PreTrainedConfig):
             continue a video. `None`: half of `max_latent_frames`. Must be below `max_latent_frames`. *(our choice,
             §8)*
         guidance_frames: latent frames, from the start of a video and from each later prompt, sampled with
-            classifier-free guidance; later ones are sampled without it (scale 1), and a long video's windows past
-            them skip the unconditional pass. The pipeline's `guidance_frames` when a call does not give it. A caption
+            classifier-free guidance; later ones are sampled without it (scale 1), and without the unconditional pass. The pipeline's `guidance_frames` when a call does not give it. A caption
             that describes a video's first moments (the direction of a bouncing object's first leg) pulls every
             later frame back towards them when guided. `None`: every frame is guided, as in the paper. *(our
             choice, §8)*

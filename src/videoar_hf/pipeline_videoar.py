@@ -441,8 +441,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if window is not None and given_bits and given_bits[0].shape[1] > window:
             raise ValueError(f"The conditioning frames fill {given_bits[0].shape[1]} latent frames, more than the "
                              f"{window} the model was trained on (`transformer.config.max_latent_frames`).")  # fmt: skip
-        guided = o["guidance_frames"] or self.transformer.config.guidance_frames
-        sampling = _Sampling(batch, num_latent_frames, latent_size, prefixes, given_bits, device, o, window, context, guided)
+        guidance_frames = o["guidance_frames"] or self.transformer.config.guidance_frames
+        sampling = _Sampling(batch, num_latent_frames, latent_size, prefixes, given_bits, device, o, window, context,
+                             guidance_frames)  # fmt: skip
         if sampling.is_windowed and o["output_type"] == "latent":
             raise ValueError("`output_type='latent'` is not available when the video is re-encoded between windows "
                              "(longer than `transformer.config.max_latent_frames`, or with `next_prompts`).")  # fmt: skip
@@ -503,7 +504,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         cache = self.transformer.init_cache(*s.latent_size)
         scale_sizes = cache.scale_sizes
         latents = torch.zeros(s.batch, quantizer.latent_bits, w.num_frames, *s.latent_size, device=s.device)
-        scale_input = None
+        scale_input, guided, prefix = None, self.do_classifier_free_guidance, w.prefix
         with self._lora_scale(o["attention_kwargs"]["scale"]):
             if w.num_given:  # known frames go through the cache in one pass, as a prompt is prefilled
                 scale_input = self._prefill_given(cache, latents, w)
@@ -511,14 +512,17 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 for _ in range(w.num_given):
                     yield latents
             for frame in range(w.num_given, w.num_frames):
+                if guided and not s.is_guided(w.first_frame + frame):  # guidance is over: drop the unconditional half
+                    guided, prefix = False, {name: value[: s.batch] for name, value in prefix.items()}
+                    cache.batch_select_indices(torch.arange(s.batch, device=s.device))
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
                         return
-                    model_input = None if scale_input is None else scale_input.repeat(1 + w.guided, 1, 1, 1)
-                    logits = self.transformer(model_input, cache=cache, **w.prefix).logits.float()
-                    if w.guided:
+                    model_input = None if scale_input is None else scale_input.repeat(1 + guided, 1, 1, 1)
+                    logits = self.transformer(model_input, cache=cache, **prefix).logits.float()
+                    if guided:
                         cond, uncond = logits.chunk(2)
-                        guidance = self._current_guidance(s, w.first_frame + frame, scale, len(scale_sizes))
+                        guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
                     bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
                     bits_BhwD = bits.reshape(s.batch, *size, -1)
@@ -548,7 +552,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 latents[:, :, frame], next_input = quantizer.accumulate(latents[:, :, frame], w.given_bits[scale][:, frame], next_size)
                 inputs.append(next_input.flatten(1, 2))
         packed = torch.cat(inputs[:-1], dim=1)
-        self.transformer(packed.repeat(1 + w.guided, 1, 1), cache=cache, **w.prefix)
+        self.transformer(packed.repeat(1 + self.do_classifier_free_guidance, 1, 1), cache=cache, **w.prefix)
         return inputs[-1].unflatten(1, scale_sizes[0])
 
     def _decoded_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
@@ -569,7 +573,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     latents = self.video_tokenizer.encode(pixels.to(self.video_tokenizer.dtype)).latents
                     given = self.video_tokenizer.quantize(latents).bits
                 prefix = [p for start, p in s.prefixes if start <= end][-1]
-                window = self._window(s, first, count, given, prefix)
+                window = _Window(first, count, given, prefix)
                 for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
                     if frame < context:  # re-encoded frames: already decoded and shown
                         continue
@@ -581,19 +585,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     return
                 step, end = step + passes(count, window.num_given, num_scales), first + count
 
-    def _window(self, s: "_Sampling", first: int, count: int, given_bits: list[torch.Tensor], prefix: dict) -> "_Window":
-        """A window of the cache; one whose frames are all past `guidance_frames` runs the conditional half only."""
-        num_given = given_bits[0].shape[1] if given_bits else 0
-        guided = self.do_classifier_free_guidance and s.is_guided(first + num_given)
-        if self.do_classifier_free_guidance and not guided:  # the prompts (or classes) come first in the batch
-            prefix = {name: value[: s.batch] for name, value in prefix.items()}
-        return _Window(first, count, given_bits, prefix, guided)
-
-    def _current_guidance(self, s: "_Sampling", frame: int, scale: int, num_scales: int) -> float:
-        if not s.is_guided(frame):
-            return 1.0
+    def _current_guidance(self, frame: int, scale: int, num_frames: int, num_scales: int) -> float:
         # read each pass, so a callback that sets `_guidance_scale` takes effect from the next pass on
-        return guidance_table(self._guidance_scale, s.num_latent_frames, num_scales)[frame, scale].item()
+        return guidance_table(self._guidance_scale, num_frames, num_scales)[frame, scale].item()
 
     @torch.no_grad()
     def __call__(
@@ -668,8 +662,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 is longer than `transformer.config.max_latent_frames` (the length trained on) or a prompt changes;
                 half the trained length by default (docs/method.md §8).
             guidance_frames: latent frames sampled with classifier-free guidance, counted from the start of the video
-                and again from each of `next_prompts`; later frames are sampled without it (scale 1), and a window
-                wholly past them skips the unconditional pass. By default `transformer.config.guidance_frames`; when
+                and again from each of `next_prompts`; later frames are sampled without it (scale 1), and without the
+                unconditional pass. By default `transformer.config.guidance_frames`; when
                 that is None too, every frame is guided. A number at least the video's latent frames guides them all.
         """
         options = {name: value for name, value in locals().items() if name != "self"}
@@ -709,7 +703,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
 
     def _sample_and_decode(self, s: "_Sampling", output_type: str, decode_chunk_size: int | None):
         """One window: sample every latent frame, then decode them at once (or as `latent`, undecoded)."""
-        window = self._window(s, 0, s.num_latent_frames, s.given_bits, s.prefixes[0][1])
+        window = _Window(0, s.num_latent_frames, s.given_bits, s.prefixes[0][1])
         latents = torch.zeros(s.batch, self.video_tokenizer.config.latent_channels, 1, *s.latent_size)
         with self.progress_bar(total=self.num_timesteps) as progress_bar:
             for latents in self._sample_latent_frames(s, window, progress_bar):
@@ -768,14 +762,12 @@ class _Sampling:
 @dataclass
 class _Window:
     """One pass of the KV cache: `num_frames` latent frames, the first `len(given_bits[0][0])` given (the user's
-    frames, or the re-encoded end of the previous window), placed at `first_frame` of the whole video. A `guided`
-    window runs each pass on the conditional and unconditional batch together."""
+    frames, or the re-encoded end of the previous window), placed at `first_frame` of the whole video."""
 
     first_frame: int
     num_frames: int
     given_bits: list[torch.Tensor]
     prefix: dict
-    guided: bool
 
     @property
     def num_given(self) -> int:
