@@ -245,6 +245,13 @@ def test_continuation_starts_from_the_reference_first_frame(pipe64):
     assert result["samples"][0]["target"] == triple._asdict()
 
 
+def test_the_kept_videos_are_the_first_of_each_shape(pipe64):
+    suite = held_out_suite(1)  # (green, triangle), (blue, circle), (yellow, square), (white, triangle), (red, square)
+    result = evaluate_pipeline(pipe64, triples=suite.triples, seeds=suite.seeds, num_frames=1, progress=False, keep_videos=3)
+    assert [video["shape"] for video in result["videos"]] == ["triangle", "circle", "square"]
+    assert [video["prompt"] for video in result["videos"]] == [prompt_for(*case) for case in suite.cases[:3]]
+
+
 def test_run_evaluation_writes_the_report(pipe64, tmp_path):
     report = run_evaluation(
         pipe64, tmp_path, num_prompts=2, seeds_per_held_out=1, num_frames=5, long_prompts=1, long_num_frames=37,
@@ -263,8 +270,9 @@ def test_run_evaluation_writes_the_report(pipe64, tmp_path):
         assert f"| {name} |" in table
     assert "FAIL" in table and "| report |" in table  # random weights; paraphrases have no target
     grid = PIL.Image.open(tmp_path / "samples.png")
-    # 2 videos from each of 5 suites; the 37-frame one shows every 3rd frame, 13 columns
-    assert grid.width > 13 * 128 and grid.height > 10 * 128
+    # the first video of each shape: the held-out suite's 3, one circle from each other suite; the 37-frame one shows
+    # every 3rd frame, 13 columns
+    assert grid.width > 13 * 128 and 7 * 128 < grid.height < 8 * 128 + 100
     strip = PIL.Image.open(tmp_path / "long_video.png")  # 37 frames, 16 to a row
     assert strip.width > 16 * 128 and strip.height > 3 * 128
 

@@ -85,7 +85,7 @@ PARAPHRASE_TEMPLATES = (
     "the {shape} is {colour} and it goes {direction}",
     "a small {colour} {shape} on a dark screen moving {direction}",
 )
-VIDEOS_PER_SUITE_IN_GRID = 2
+VIDEOS_PER_SUITE_IN_GRID = 3  # one of each shape
 GRID_MAX_FRAMES = 17
 STRIP_FRAMES_PER_ROW = 16
 FRAME_SCORES = ("colour_kept", "shape_kept", "bounce", "first_error_frame")
@@ -373,8 +373,8 @@ def evaluate_pipeline(
     colour and shape must be kept and the motion follow the prompt. With `paraphrase`, prompts are worded by
     `PARAPHRASE_TEMPLATES` instead of the training captions. `guidance_scale=None` keeps the pipeline's
     default. `description` labels the progress bar. Returns `{"metrics": aggregate_metrics(...), "samples":
-    per-case records}`, plus, when `keep_videos`, `"videos"`: the first ones as `{"prompt", "frames": uint8 (T, H, W,
-    3)}` (not JSON).
+    per-case records}`, plus, when `keep_videos`, `"videos"`: up to `keep_videos` as `{"prompt", "frames": uint8 (T, H,
+    W, 3)}` (not JSON), the first video of each shape in case order, so that a sample grid shows every shape.
     """
     cases = [(Triple(*triple), seed) for triple, seed in zip(triples, seeds, strict=True)]
     options = dict(num_frames=num_frames, resolution=resolution, guidance_scale=guidance_scale, palette=palette,
@@ -387,8 +387,8 @@ def evaluate_pipeline(
             prompts, frames = _generate(pipe, batch, continuation=continuation, **options)
             for (triple, seed), prompt, video in zip(batch, prompts, frames, strict=True):
                 records.append(_sample_record(triple, seed, prompt, analyse_clip(video, palette)))
-                if len(videos) < keep_videos:
-                    videos.append({"prompt": prompt, "frames": _as_uint8(video)})
+                if len(videos) < keep_videos and triple.shape not in {kept["shape"] for kept in videos}:
+                    videos.append({"prompt": prompt, "shape": triple.shape, "frames": _as_uint8(video)})
             bar.update(len(batch))
     result = {"metrics": aggregate_metrics(records), "samples": records}
     if keep_videos:
