@@ -8,7 +8,7 @@ Loading is timed once, cold in this process. Generation is timed `--runs` times 
 its own seed, and the median is reported: this machine is shared, so the median is steadier than the mean. The
 output is one JSON object (also written to `--output` if given). With `--every_frame_guided`, the same seeds are timed
 again with every latent frame guided (the paper's sampling), in the same process, and the ratio of the medians is
-reported: what the model's `guidance_frames` saves on a long video, whose later windows skip the unconditional pass.
+reported: what the model's `guidance_frames` saves, as frames past it skip the unconditional pass.
 """
 
 import argparse

@@ -36,10 +36,10 @@ class VideoARConfig(PreTrainedConfig):
             continue a video. `None`: half of `max_latent_frames`. Must be below `max_latent_frames`. *(our choice,
             §8)*
         guidance_frames: latent frames, from the start of a video and from each later prompt, sampled with
-            classifier-free guidance; later ones are sampled without it (scale 1), and without the unconditional pass. The pipeline's `guidance_frames` when a call does not give it. A caption
-            that describes a video's first moments (the direction of a bouncing object's first leg) pulls every
-            later frame back towards them when guided. `None`: every frame is guided, as in the paper. *(our
-            choice, §8)*
+            classifier-free guidance; later ones are sampled without it (scale 1) and without the unconditional
+            pass. The pipeline's `guidance_frames` when a call does not give it. `None`: every frame is guided, as in
+            the paper. Later frames continue the video, and guiding them can push them off it (on Shapes, it rounds
+            squares). *(our choice, §8)*
         rope_theta: RoPE base.
         rope_axes_dim: head dimensions given to the (time, height, width) axes of Multi-scale Temporal RoPE; must be
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.

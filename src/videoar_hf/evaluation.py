@@ -373,8 +373,9 @@ def evaluate_pipeline(
     colour and shape must be kept and the motion follow the prompt. With `paraphrase`, prompts are worded by
     `PARAPHRASE_TEMPLATES` instead of the training captions. `guidance_scale=None` keeps the pipeline's
     default. `description` labels the progress bar. Returns `{"metrics": aggregate_metrics(...), "samples":
-    per-case records}`, plus, when `keep_videos`, `"videos"`: up to `keep_videos` as `{"prompt", "frames": uint8 (T, H,
-    W, 3)}` (not JSON), the first video of each shape in case order, so that a sample grid shows every shape.
+    per-case records}`, plus, when `keep_videos`, `"videos"`: up to `keep_videos` as `{"prompt", "shape", "frames":
+    uint8 (T, H, W, 3)}` (not JSON), the first video of each shape in case order, so that a sample grid shows every
+    shape.
     """
     cases = [(Triple(*triple), seed) for triple, seed in zip(triples, seeds, strict=True)]
     options = dict(num_frames=num_frames, resolution=resolution, guidance_scale=guidance_scale, palette=palette,
