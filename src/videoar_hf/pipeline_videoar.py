@@ -572,7 +572,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     pixels = torch.cat(recent, dim=2)[:, :, -(1 + tau * (context - 1)) :]
                     latents = self.video_tokenizer.encode(pixels.to(self.video_tokenizer.dtype)).latents
                     given = self.video_tokenizer.quantize(latents).bits
-                prefix = [p for start, p in s.prefixes if start <= end][-1]
+                _, prefix = s.prompt_at(end)
                 window = _Window(first, count, given, prefix)
                 for frame, latents in enumerate(self._sample_latent_frames(s, window, progress_bar, step)):
                     if frame < context:  # re-encoded frames: already decoded and shown
@@ -663,8 +663,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 half the trained length by default (docs/method.md §8).
             guidance_frames: latent frames sampled with classifier-free guidance, counted from the start of the video
                 and again from each of `next_prompts`; later frames are sampled without it (scale 1), and without the
-                unconditional pass. By default `transformer.config.guidance_frames`; when
-                that is None too, every frame is guided. A number at least the video's latent frames guides them all.
+                unconditional pass. By default `transformer.config.guidance_frames`; when that is None too, every
+                frame is guided. A number at least the video's latent frames guides them all.
         """
         options = {name: value for name, value in locals().items() if name != "self"}
         sampling = self._prepare_sampling(options)
@@ -749,9 +749,13 @@ class _Sampling:
     context: int = 1
     guidance_frames: int | None = None
 
+    def prompt_at(self, frame: int) -> tuple[int, dict]:
+        """`(first latent frame, prefix arguments)` of the prompt that latent `frame` is sampled under."""
+        return [(first, prefix) for first, prefix in self.prefixes if first <= frame][-1]
+
     def is_guided(self, frame: int) -> bool:
         """Whether latent `frame` is sampled with classifier-free guidance (when the call guides at all)."""
-        prompt_start = max(first for first, _ in self.prefixes if first <= frame)
+        prompt_start, _ = self.prompt_at(frame)
         return self.guidance_frames is None or frame - prompt_start < self.guidance_frames
 
     @property
