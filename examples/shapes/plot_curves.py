@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """One PNG of the recipe's runs, for the model card: tokenizer PSNR (stills; clips, then the decoder alone, four
-times) and transformer loss (the first and second run, then stage III on bouncing 33- and 65-frame clips). A panel's
-runs follow each other on its step axis; runs whose `history.json` is missing are left out.
+times, then tau 2) and transformer loss (the first and second run, stage III on bouncing 33- and 65-frame clips and
+mid-path, then on the tau-2 latents: plain clips and stage III). A panel's
+runs follow each other on its step axis; runs whose `history.json` is missing are left out, and so are panels
+without any.
 
     python examples/shapes/plot_curves.py outputs/shapes model_cards/assets/videoar-shapes-loss-curves.png
 """
@@ -19,17 +21,19 @@ from videoar_hf.training import LossHistory  # noqa: E402
 PANELS = (
     (("tokenizer_stills",), "psnr", "tokenizer, stills: PSNR (dB)"),
     (
-        ("tokenizer", "tokenizer_decoder", "tokenizer_decoder2", "tokenizer_decoder3", "tokenizer_decoder4"),
+        ("tokenizer", "tokenizer_decoder", "tokenizer_decoder2", "tokenizer_decoder3", "tokenizer_decoder4",
+         "tokenizer_tau2"),
         "psnr",
         "tokenizer, clips, then decoder: PSNR (dB)",
     ),
     (
-        ("transformer", "transformer_long", "transformer_bounce", "transformer_bounce_long"),
+        ("transformer", "transformer_long", "transformer_bounce", "transformer_bounce_long", "transformer_bounce_mid",
+         "transformer_tau2", "transformer_bounce_tau2"),
         "loss",
         "transformer: bitwise cross-entropy",
     ),
 )
-COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
 
 
 def smoothed(values: list[float], window: int = 25) -> list[float]:
@@ -38,11 +42,15 @@ def smoothed(values: list[float], window: int = 25) -> list[float]:
 
 
 def main(work_dir: str, output: str) -> None:
-    figure, axes = plt.subplots(1, len(PANELS), figsize=(13, 3.6))
-    for axis, (runs, key, title) in zip(axes, PANELS):
+    # panels none of whose runs is in `work_dir` are left out, e.g. for a folder of the tau-2 runs alone
+    panels = [(runs, key, title) for runs, key, title in PANELS if any(_history(work_dir, run).exists() for run in runs)]
+    if not panels:
+        sys.exit(f"plot_curves.py: no run's history.json in {work_dir}")
+    figure, axes = plt.subplots(1, len(panels), figsize=(13 * len(panels) / len(PANELS), 3.6), squeeze=False)
+    for axis, (runs, key, title) in zip(axes[0], panels):
         offset = 0
         for run, colour in zip(runs, COLOURS):
-            path = Path(work_dir) / run / "history.json"
+            path = _history(work_dir, run)
             if not path.exists():
                 continue
             records = [r for r in LossHistory.load(path).records if key in r]
@@ -57,6 +65,10 @@ def main(work_dir: str, output: str) -> None:
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     print(output)
+
+
+def _history(work_dir: str, run: str) -> Path:
+    return Path(work_dir) / run / "history.json"
 
 
 if __name__ == "__main__":
