@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Does a model keep an object's speed after a turn it was shown? From real bouncing clips of the training triples, a
+real 15-frame prefix (8 latent frames on tau 2) is given as `video=` and continued to 33 frames, one window. Prefixes
+of two kinds: ending 2-6 frames after a turn ("turn"), or holding no turn with none due ("straight"). Prints the
+generated/real axis speed over the new frames, per kind (TUNING.md, session 26).
+
+    python examples/shapes/probe_turn_speed.py [pipeline_folder] [clips_per_kind]
+"""
+
+import sys
+
+import numpy as np
+import torch
+
+from videoar_hf import VideoARPipeline, shipped_model_path
+from videoar_hf.evaluation import analyse_clip
+from videoar_hf.shapes import sample_clip, training_triples
+
+PREFIX_FRAMES, TOTAL_FRAMES = 15, 33
+FRAMES_SINCE_TURN = range(2, 7)
+
+
+def prefix_kind(turns: np.ndarray, start: int) -> str | None:
+    """"turn", "straight" or None (neither) for the prefix starting at frame `start` of a path with these turns."""
+    end, stop = start + PREFIX_FRAMES - 1, start + TOTAL_FRAMES
+    inside, due = turns[(turns > start) & (turns < end)], turns[(turns > end) & (turns < stop)]
+    if len(inside) and not len(due) and end - inside[-1] in FRAMES_SINCE_TURN:
+        return "turn"
+    if not len(turns[(turns >= start) & (turns < stop)]):
+        return "straight"
+    return None
+
+
+def draw_cases(per_kind: int, seed: int = 12345) -> dict[str, list]:
+    """`per_kind` (clip, start, axis) for each kind, one per clip, from a fixed generator."""
+    rng, cases = np.random.default_rng(seed), {"turn": [], "straight": []}
+    while min(len(found) for found in cases.values()) < per_kind:
+        clip = sample_clip(rng, triples=training_triples(), num_frames=80, bounce=True)
+        axis = 0 if clip.motion in ("left", "right") else 1
+        steps = np.diff(clip.centres[:, axis])
+        turns = np.nonzero(np.sign(steps[1:]) != np.sign(steps[:-1]))[0] + 1
+        for start in range(40):
+            kind = prefix_kind(turns, start)
+            if kind and len(cases[kind]) < per_kind:
+                cases[kind].append((clip, start, axis))
+                break
+    return cases
+
+
+def speed_ratios(pipe, cases: list, batch_size: int = 8) -> np.ndarray:
+    ratios = []
+    for first in range(0, len(cases), batch_size):
+        batch = cases[first : first + batch_size]
+        prefixes = np.stack([clip.video[start : start + PREFIX_FRAMES] for clip, start, _ in batch]) / 255
+        videos = pipe([clip.caption for clip, _, _ in batch], video=prefixes.astype(np.float32), num_frames=TOTAL_FRAMES,
+                      generator=[torch.Generator().manual_seed(first + i) for i in range(len(batch))],
+                      output_type="np").frames  # fmt: skip
+        for (clip, start, axis), frames in zip(batch, videos):
+            new = slice(PREFIX_FRAMES - 1, TOTAL_FRAMES)  # the last given frame, then the generated ones
+            drawn = np.array([f.centroid[axis] if f.centroid else np.nan for f in analyse_clip(frames).frames])[new]
+            real = clip.centres[start : start + TOTAL_FRAMES, axis][new]
+            ratios.append(np.nanmean(np.abs(np.diff(drawn))) / np.abs(np.diff(real)).mean())
+    return np.array(ratios)
+
+
+def main(model: str, per_kind: int) -> None:
+    pipe = VideoARPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    for kind, cases in draw_cases(per_kind).items():
+        ratios = speed_ratios(pipe, cases)
+        print(f"{kind}: {len(ratios)} clips, generated/real speed {np.nanmean(ratios):.2f}, "
+              f"below half in {int(np.sum(ratios < 0.5))}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else str(shipped_model_path()), int(sys.argv[2]) if len(sys.argv) > 2 else 32)
