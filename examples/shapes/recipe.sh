@@ -113,7 +113,7 @@ tau2_w4="$work/shapes_tau2_w4"
   "${transformer[@]}" "${tau2[@]}" --seed 6 --num_clips 2048 --shapes_bounce --shapes_mid_path_share 0.5 \
   --tokenizer "$tau2_w4/video_tokenizer" --text_encoder "$tau2_w4/text_encoder" --text_tokenizer "$tau2_w4/tokenizer" \
   --pretrained_transformer "$tau2_w4/transformer" --transformer_config '{"frame_mask_window": 8}' \
-  --stages "$here/stages_transformer_bounce_tau2_w8.yaml" --output_dir "$work/transformer_bounce_tau2_w8"
+  --stages "$here/stages_transformer_bounce_tau2.yaml" --output_dir "$work/transformer_bounce_tau2_w8"
 python "$here/export_shipped.py" "$work/transformer_bounce_tau2_w8/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes" \
   --context_frames 8 --guidance_frames 1
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
