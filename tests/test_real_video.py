@@ -3,6 +3,7 @@ each epoch and repeat exactly, phone rotation and non-square pixels, images mixe
 exactly as long as the video, the fast reduced-size decode, and streams split across processes and resumed.
 """
 
+import gc
 import json
 import logging
 from fractions import Fraction
@@ -160,6 +161,20 @@ def test_windows_change_each_epoch_and_are_a_function_of_seed_epoch_index(folder
     other_seed = load(folder, tmp_path, clips_per_video=3, seed=8)
     assert [clip_indices(other_seed[i]["video"]) for i in range(6)] != by_epoch[0]
 
+
+
+def test_forked_workers_survive_collecting_frames_read_before_the_fork(folder, tmp_path):
+    """A frame read in the main process can outlive the read in a reference cycle (its side data). A forked
+    DataLoader worker that collects it must not free swscale threads it does not have (that hung, or crashed)."""
+    write_index_video(folder / "a.mp4", 40, fps=16)
+    write_metadata(folder, ["a.mp4"])
+    dataset = load(folder, tmp_path)
+    in_main_process = clip_indices(dataset[0]["video"])
+    loader = torch.utils.data.DataLoader(
+        dataset, num_workers=1, multiprocessing_context="fork", worker_init_fn=lambda _: gc.collect(),
+        collate_fn=collate_clips, timeout=30,
+    )  # fmt: skip
+    assert [clip_indices(video) for batch in loader for video in batch["video"]] == [in_main_process]
 
 # ---------------------------------------------------------------- 3. rotation and pixel aspect ratio
 

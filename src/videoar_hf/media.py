@@ -13,6 +13,7 @@ import io
 from typing import NamedTuple
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -126,9 +127,14 @@ class _Display:
             if transposed:
                 height, width = width, height
         self.width, self.height = width, height
+        # our own scaler, freed when the read ends: one cached on a frame (`frame.to_ndarray`) lives as long as the
+        # frame, which reading `side_data` puts in a reference cycle; a forked DataLoader worker that collects it
+        # then frees swscale's threads, which it does not have, and hangs or crashes
+        self.scaler = VideoReformatter()
 
     def to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        rgb = frame.to_ndarray(format="rgb24", width=self.width, height=self.height, interpolation=_INTERPOLATION)
+        size = dict(width=self.width, height=self.height)
+        rgb = self.scaler.reformat(frame, format="rgb24", interpolation=_INTERPOLATION, **size).to_ndarray()
         return np.ascontiguousarray(_ORIENT[self.orient](rgb)) if self.orient else rgb
 
 
