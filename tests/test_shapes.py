@@ -278,3 +278,31 @@ def test_a_mid_path_clip_continues_its_object_s_path_under_the_first_caption():
     for bad in ({"mid_path_share": 1.5, "bounce": True}, {"mid_path_share": 0.5}):
         with pytest.raises(ValueError, match="mid_path_share must be in"):
             ShapesDataset(8, num_frames=17, **bad)
+
+
+def test_after_turn_clips_turn_at_the_end_of_the_given_context():
+    # the frames a continuation predicts first then follow a turn, where long videos lost the object's speed
+    from videoar_hf.shapes import AFTER_TURN_FRAMES, MAX_START_FRAME, ShapesDataset, turn_frames
+
+    assert list(turn_frames(np.array([0.0, 1, 2, 3, 2, 1, 2]))) == [3, 5]
+    whole_paths = ShapesDataset(64, num_frames=MAX_START_FRAME + 33, bounce=True, seed=7)
+    mid_path = ShapesDataset(64, num_frames=33, bounce=True, seed=7, mid_path_share=0.5)
+    after_turn = ShapesDataset(64, num_frames=33, bounce=True, seed=7, mid_path_share=0.5, after_turn_share=0.5)
+    moved = 0
+    for i in range(64):
+        clip, before = after_turn.clip(i), mid_path.clip(i)
+        if clip.start_frame == before.start_frame:
+            assert np.array_equal(clip.video, before.video), "the share leaves the other clips as they were"
+            continue
+        moved += 1
+        assert before.start_frame > 0, "only mid-path clips move their start"
+        axis = 0 if clip.motion in ("left", "right") else 1
+        assert set(turn_frames(clip.centres[:, axis])) & set(AFTER_TURN_FRAMES), i
+        assert clip.triple == before.triple and clip.caption == before.caption
+        shown = slice(clip.start_frame, clip.start_frame + 33)
+        assert np.array_equal(whole_paths.clip(i).video[shown], clip.video), "the same object's path, from another frame"
+        assert after_turn[i]["continues"] and after_turn[i]["video"].shape == (3, 33, 64, 64)
+    assert 6 <= moved <= 26
+    for bad in ({"after_turn_share": 1.5, "mid_path_share": 0.5}, {"after_turn_share": 0.5}):
+        with pytest.raises(ValueError, match="after_turn_share must be in"):
+            ShapesDataset(8, num_frames=17, bounce=True, **bad)

@@ -100,6 +100,7 @@ def test_new_colour_share_sets_how_many_clips_are_in_the_new_colours(base_model,
         (["--shapes_new_colour_share", "0.5"], "needs both new and original colours"),
         (["--shapes_mid_path_share", "0.5"], "--shapes_mid_path_share must be in [0, 1] and needs --shapes_bounce"),
         (["--shapes_bounce", "--shapes_mid_path_share", "-1"], "--shapes_mid_path_share must be in [0, 1]"),
+        (["--shapes_bounce", "--shapes_after_turn_share", "0.5"], "--shapes_after_turn_share must be in [0, 1] and needs --shapes_mid_path_share"),
     ],
 )
 def test_bad_flags_stop_with_one_line(base_model, tmp_path, capsys, extra, message):

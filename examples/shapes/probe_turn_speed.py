@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Does a model keep an object's speed after a turn it was shown? From real bouncing clips of the training triples, a
 real 15-frame prefix (8 latent frames on tau 2) is given as `video=` and continued to 33 frames, one window. Prefixes
-of two kinds: ending 2-6 frames after a turn ("turn"), or holding no turn with none due ("straight"). Prints the
-generated/real axis speed over the new frames, per kind (TUNING.md, session 26).
+of two kinds: ending 2-6 frames after a turn ("turn"; the first such start of each clip, which is almost always 2
+frames after it), or holding no turn with none due ("straight"). Prints, per kind, the generated/real axis speed
+over the new frames, and over the first two alone (the first generated latent frame), along the real direction
+(TUNING.md, sessions 26-27).
 
     python examples/shapes/probe_turn_speed.py [pipeline_folder] [clips_per_kind]
 """
@@ -14,7 +16,7 @@ import torch
 
 from videoar_hf import VideoARPipeline, shipped_model_path
 from videoar_hf.evaluation import analyse_clip
-from videoar_hf.shapes import sample_clip, training_triples
+from videoar_hf.shapes import sample_clip, training_triples, turn_frames
 
 PREFIX_FRAMES, TOTAL_FRAMES = 15, 33
 FRAMES_SINCE_TURN = range(2, 7)
@@ -37,8 +39,7 @@ def draw_cases(per_kind: int, seed: int = 12345) -> dict[str, list]:
     while min(len(found) for found in cases.values()) < per_kind:
         clip = sample_clip(rng, triples=training_triples(), num_frames=80, bounce=True)
         axis = 0 if clip.motion in ("left", "right") else 1
-        steps = np.diff(clip.centres[:, axis])
-        turns = np.nonzero(np.sign(steps[1:]) != np.sign(steps[:-1]))[0] + 1
+        turns = turn_frames(clip.centres[:, axis])
         for start in range(40):
             kind = prefix_kind(turns, start)
             if kind and len(cases[kind]) < per_kind:
@@ -47,29 +48,32 @@ def draw_cases(per_kind: int, seed: int = 12345) -> dict[str, list]:
     return cases
 
 
-def speed_ratios(pipe, cases: list, batch_size: int = 8) -> np.ndarray:
-    ratios = []
-    for first in range(0, len(cases), batch_size):
-        batch = cases[first : first + batch_size]
+def speed_ratios(pipe, cases: list, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip: generated/real mean axis speed over the new frames, and the signed speed along the real direction
+    over the first two new steps."""
+    overall, first = [], []
+    for start_index in range(0, len(cases), batch_size):
+        batch = cases[start_index : start_index + batch_size]
         prefixes = np.stack([clip.video[start : start + PREFIX_FRAMES] for clip, start, _ in batch]) / 255
         videos = pipe([clip.caption for clip, _, _ in batch], video=prefixes.astype(np.float32), num_frames=TOTAL_FRAMES,
-                      generator=[torch.Generator().manual_seed(first + i) for i in range(len(batch))],
+                      generator=[torch.Generator().manual_seed(start_index + i) for i in range(len(batch))],
                       output_type="np").frames  # fmt: skip
         for (clip, start, axis), frames in zip(batch, videos):
             new = slice(PREFIX_FRAMES - 1, TOTAL_FRAMES)  # the last given frame, then the generated ones
             drawn = np.array([f.centroid[axis] if f.centroid else np.nan for f in analyse_clip(frames).frames])[new]
-            real = clip.centres[start : start + TOTAL_FRAMES, axis][new]
-            ratios.append(np.nanmean(np.abs(np.diff(drawn))) / np.abs(np.diff(real)).mean())
-    return np.array(ratios)
+            real_steps = np.diff(clip.centres[start : start + TOTAL_FRAMES, axis][new])
+            overall.append(np.nanmean(np.abs(np.diff(drawn))) / np.abs(real_steps).mean())
+            first.append(np.nanmean(np.diff(drawn)[:2] * np.sign(real_steps[:2])) / np.abs(real_steps[:2]).mean())
+    return np.array(overall), np.array(first)
 
 
 def main(model: str, per_kind: int) -> None:
     pipe = VideoARPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)
     for kind, cases in draw_cases(per_kind).items():
-        ratios = speed_ratios(pipe, cases)
+        ratios, first = speed_ratios(pipe, cases)
         print(f"{kind}: {len(ratios)} clips, generated/real speed {np.nanmean(ratios):.2f}, "
-              f"below half in {int(np.sum(ratios < 0.5))}")
+              f"below half in {int(np.sum(ratios < 0.5))}; first latent frame {np.nanmean(first):.2f}")
 
 
 if __name__ == "__main__":

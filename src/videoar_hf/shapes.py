@@ -10,7 +10,7 @@ floor(speed) or ceil(speed) pixels per frame. Coordinates are pixel indices: x i
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -59,6 +59,9 @@ FIRST_LEG_FRAMES = 17
 # a mid-path clip starts at a frame drawn from 1..this of its object's path: at 1-2 px per frame, at least one whole
 # round trip across the frame, so every phase of the bounce is drawn
 MAX_START_FRAME = 128
+# an after-turn clip's object turns in one of these frames: the last of a 15-frame given context (8 latent frames at
+# tau 2), so that its first predicted frames follow a turn, as they often do in a long video's later windows
+AFTER_TURN_FRAMES = range(8, 14)
 
 # (dx, dy) per frame: y grows downward, as in image rows
 _DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -257,6 +260,12 @@ def sample_clip(
     )
 
 
+def turn_frames(positions: np.ndarray) -> np.ndarray:
+    """The frames at which a path along one axis, `(T,)`, reverses: where the sign of its step changes."""
+    steps = np.sign(np.diff(positions))
+    return np.nonzero(steps[1:] != steps[:-1])[0] + 1
+
+
 def _reflect(path: np.ndarray, limit: float) -> np.ndarray:
     """Positions folded into [0, limit], as a point that bounces off both ends: a triangle wave of period 2 limit."""
     if limit <= 0:
@@ -271,7 +280,8 @@ class ShapesDataset(Dataset):
     `triples` defaults to every triple of `colours` except `held_out`; with `bounce`, objects reflect off the edges
     and clips may be any length, and a share `mid_path_share` of them starts at a random frame of its object's path
     (1..`MAX_START_FRAME`), its caption still naming the path's first direction: clips that continue a longer video,
-    as a long generation's later windows do. An item is the model-facing dict
+    as a long generation's later windows do. A share `after_turn_share` of those starts instead where its object
+    turns in one of `AFTER_TURN_FRAMES`, the end of the given context, so that the predicted frames follow a turn. An item is the model-facing dict
     `{"video": float32 (3, T, H, W) in [-1, 1], "text": caption, "colour", "shape", "motion", "continues": bool}`
     (`continues`: the clip starts mid-path); `clip(i)` gives the `ShapesClip` with its ground truth.
     """
@@ -287,15 +297,19 @@ class ShapesDataset(Dataset):
         held_out: Sequence[Triple] = HELD_OUT_TRIPLES,
         bounce: bool = False,
         mid_path_share: float = 0.0,
+        after_turn_share: float = 0.0,
     ):
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
         if not 0 <= mid_path_share <= 1 or (mid_path_share and not bounce):
             raise ValueError(f"mid_path_share must be in [0, 1], and 0 unless bounce=True, got {mid_path_share}")
+        if not 0 <= after_turn_share <= 1 or (after_turn_share and not mid_path_share):
+            raise ValueError(f"after_turn_share must be in [0, 1], and 0 unless mid_path_share > 0, got {after_turn_share}")
         _check_palette(colours)
         _check_room(num_frames, resolution, bounce)
         self.bounce = bounce
         self.mid_path_share = mid_path_share
+        self.after_turn_share = after_turn_share
         self.held_out = _as_triples(held_out, colours, "held_out")
         self.triples = (
             training_triples(self.held_out, colours) if triples is None else _as_triples(triples, colours, "triples")
@@ -318,15 +332,23 @@ class ShapesDataset(Dataset):
         if self.mid_path_share:  # its own generator, so that the clips of a dataset without it stay as they were
             rng = np.random.default_rng([self.seed, index, 1])
             start_frame = int(rng.integers(1, MAX_START_FRAME + 1)) if rng.random() < self.mid_path_share else 0
-        return sample_clip(
-            np.random.default_rng([self.seed, index]),
-            triples=self.triples,
-            num_frames=self.num_frames,
-            resolution=self.resolution,
-            colours=self.colours,
-            bounce=self.bounce,
-            start_frame=start_frame,
-        )
+            if start_frame and self.after_turn_share and rng.random() < self.after_turn_share:
+                return self._clip_after_turn(index, rng)
+        return self._sample(index, self.num_frames, start_frame)
+
+    def _sample(self, index: int, num_frames: int, start_frame: int = 0) -> ShapesClip:
+        rng = np.random.default_rng([self.seed, index])
+        return sample_clip(rng, triples=self.triples, num_frames=num_frames, resolution=self.resolution,
+                           colours=self.colours, bounce=self.bounce, start_frame=start_frame)  # fmt: skip
+
+    def _clip_after_turn(self, index: int, rng: np.random.Generator) -> ShapesClip:
+        """Clip `index`'s object from a start at which it turns in one of `AFTER_TURN_FRAMES` of the clip."""
+        path = self._sample(index, MAX_START_FRAME + self.num_frames)
+        positions = path.centres[:, 0 if path.motion in ("left", "right") else 1]
+        starts = [t - f for t in turn_frames(positions) for f in AFTER_TURN_FRAMES if 1 <= t - f <= MAX_START_FRAME]
+        start = int(rng.choice(starts)) if starts else int(rng.integers(1, MAX_START_FRAME + 1))
+        shown = slice(start, start + self.num_frames)
+        return replace(path, video=path.video[shown].copy(), centres=path.centres[shown].copy(), start_frame=start)
 
     def __getitem__(self, index: int) -> dict:
         clip = self.clip(index)

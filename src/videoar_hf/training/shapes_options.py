@@ -13,7 +13,8 @@ class ShapesOptions:
     """What a Shapes training set holds. `new_colours` are `NAME=R,G,B` specs added to the palette; `colours`
     restricts training to some palette colours; `new_colour_share` fixes the share of clips in the new colours;
     with `bounce`, objects reflect off the edges (long clips), and `mid_path_share` of the clips start mid-path:
-    they continue a longer video, so their first latent frames are context, not predicted."""
+    they continue a longer video, so their first latent frames are context, not predicted; `after_turn_share` of
+    those start where their object turns at the end of that context."""
 
     num_clips: int = 2048
     include_held_out: bool = False
@@ -22,12 +23,15 @@ class ShapesOptions:
     colours: list[str] | None = None
     bounce: bool = False
     mid_path_share: float = 0.0
+    after_turn_share: float = 0.0
 
     def __post_init__(self):
         if self.num_clips < 1:
             raise ValueError(f"--num_clips must be >= 1, got {self.num_clips}.")
         if not 0 <= self.mid_path_share <= 1 or (self.mid_path_share and not self.bounce):
             raise ValueError(f"--shapes_mid_path_share must be in [0, 1] and needs --shapes_bounce, got {self.mid_path_share}.")
+        if not 0 <= self.after_turn_share <= 1 or (self.after_turn_share and not self.mid_path_share):
+            raise ValueError(f"--shapes_after_turn_share must be in [0, 1] and needs --shapes_mid_path_share, got {self.after_turn_share}.")  # fmt: skip
         palette = self.palette
         unknown = sorted(set(self.colours or ()) - set(palette))
         if unknown:
@@ -65,7 +69,8 @@ class ShapesOptions:
         held_out = () if self.include_held_out else HELD_OUT_TRIPLES
         triples = [t for t in training_triples(held_out, palette) if t.colour in (self.colours or palette)]
         part = partial(ShapesDataset, num_frames=num_frames, resolution=resolution, colours=palette, held_out=held_out,
-                       bounce=self.bounce, mid_path_share=self.mid_path_share)  # fmt: skip
+                       bounce=self.bounce, mid_path_share=self.mid_path_share,
+                       after_turn_share=self.after_turn_share)  # fmt: skip
         if self.new_colour_share is None:
             return part(self.num_clips, seed=seed, triples=triples)
         # a fixed share of new-colour clips, so a LoRA learns them without forgetting the rest; each part its own seed
@@ -102,11 +107,12 @@ def add_shapes_arguments(parser) -> None:
     group.add_argument("--shapes_colours", nargs="+", default=None, metavar="NAME", help="Train on these colours of the palette alone (default: all).")
     group.add_argument("--shapes_bounce", action="store_true", help="Objects bounce off the frame's edges, so clips of any length are well defined (the caption names the first direction).")
     group.add_argument("--shapes_mid_path_share", type=float, default=0.0, metavar="P", help="With --shapes_bounce: the share of clips that start at a random later frame of their path, as a long video's later windows do; their first half of latent frames is given, not trained on (default 0).")
+    group.add_argument("--shapes_after_turn_share", type=float, default=0.0, metavar="P", help="With --shapes_mid_path_share: the share of mid-path clips that start where their object turns in the last frames of the given context, so the trained frames follow a turn (default 0).")
 
 
 def shapes_options_from_args(args) -> ShapesOptions:
     return ShapesOptions(
         num_clips=args.num_clips, include_held_out=args.include_held_out, new_colours=args.shapes_new_colours,
         new_colour_share=args.shapes_new_colour_share, colours=args.shapes_colours, bounce=args.shapes_bounce,
-        mid_path_share=args.shapes_mid_path_share,
+        mid_path_share=args.shapes_mid_path_share, after_turn_share=args.shapes_after_turn_share,
     )  # fmt: skip
