@@ -162,7 +162,6 @@ def test_windows_change_each_epoch_and_are_a_function_of_seed_epoch_index(folder
     assert [clip_indices(other_seed[i]["video"]) for i in range(6)] != by_epoch[0]
 
 
-
 def test_forked_workers_survive_collecting_frames_read_before_the_fork(folder, tmp_path):
     """A frame read in the main process can outlive the read in a reference cycle (its side data). A forked
     DataLoader worker that collects it must not free swscale threads it does not have (that hung, or crashed)."""
@@ -175,6 +174,7 @@ def test_forked_workers_survive_collecting_frames_read_before_the_fork(folder, t
         collate_fn=collate_clips, timeout=30,
     )  # fmt: skip
     assert [clip_indices(video) for batch in loader for video in batch["video"]] == [in_main_process]
+
 
 # ---------------------------------------------------------------- 3. rotation and pixel aspect ratio
 

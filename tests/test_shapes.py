@@ -300,7 +300,7 @@ def test_after_turn_clips_turn_at_the_end_of_the_given_context():
         assert set(turn_frames(clip.centres[:, axis])) & set(AFTER_TURN_FRAMES), i
         assert clip.triple == before.triple and clip.caption == before.caption
         shown = slice(clip.start_frame, clip.start_frame + 33)
-        assert np.array_equal(whole_paths.clip(i).video[shown], clip.video), "the same object's path, from another frame"
+        assert np.array_equal(whole_paths.clip(i).video[shown], clip.video), "the object's path, from a later frame"
         assert after_turn[i]["continues"] and after_turn[i]["video"].shape == (3, 33, 64, 64)
     assert 6 <= moved <= 26
     for bad in ({"after_turn_share": 1.5, "mid_path_share": 0.5}, {"after_turn_share": 0.5}):

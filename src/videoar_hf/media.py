@@ -13,10 +13,10 @@ import io
 from typing import NamedTuple
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 import torch.nn.functional as F
+from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps
 
 # absorbs float error in frame timestamps; far below one frame interval

@@ -281,7 +281,8 @@ class ShapesDataset(Dataset):
     and clips may be any length, and a share `mid_path_share` of them starts at a random frame of its object's path
     (1..`MAX_START_FRAME`), its caption still naming the path's first direction: clips that continue a longer video,
     as a long generation's later windows do. A share `after_turn_share` of those starts instead where its object
-    turns in one of `AFTER_TURN_FRAMES`, the end of the given context, so that the predicted frames follow a turn. An item is the model-facing dict
+    turns in one of `AFTER_TURN_FRAMES`, the end of the given context, so that the predicted frames follow a turn.
+    An item is the model-facing dict
     `{"video": float32 (3, T, H, W) in [-1, 1], "text": caption, "colour", "shape", "motion", "continues": bool}`
     (`continues`: the clip starts mid-path); `clip(i)` gives the `ShapesClip` with its ground truth.
     """
@@ -304,7 +305,7 @@ class ShapesDataset(Dataset):
         if not 0 <= mid_path_share <= 1 or (mid_path_share and not bounce):
             raise ValueError(f"mid_path_share must be in [0, 1], and 0 unless bounce=True, got {mid_path_share}")
         if not 0 <= after_turn_share <= 1 or (after_turn_share and not mid_path_share):
-            raise ValueError(f"after_turn_share must be in [0, 1], and 0 unless mid_path_share > 0, got {after_turn_share}")
+            raise ValueError(f"after_turn_share must be in [0, 1], and 0 unless mid_path_share > 0, got {after_turn_share}")  # fmt: skip
         _check_palette(colours)
         _check_room(num_frames, resolution, bounce)
         self.bounce = bounce
