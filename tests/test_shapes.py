@@ -296,8 +296,7 @@ def test_after_turn_clips_turn_at_the_end_of_the_given_context():
             continue
         moved += 1
         assert before.start_frame > 0, "only mid-path clips move their start"
-        axis = 0 if clip.motion in ("left", "right") else 1
-        assert set(turn_frames(clip.centres[:, axis])) & set(AFTER_TURN_FRAMES), i
+        assert set(turn_frames(clip.centres[:, clip.axis])) & set(AFTER_TURN_FRAMES), i
         assert clip.triple == before.triple and clip.caption == before.caption
         shown = slice(clip.start_frame, clip.start_frame + 33)
         assert np.array_equal(whole_paths.clip(i).video[shown], clip.video), "the object's path, from a later frame"

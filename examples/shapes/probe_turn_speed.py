@@ -38,12 +38,11 @@ def draw_cases(per_kind: int, seed: int = 12345) -> dict[str, list]:
     rng, cases = np.random.default_rng(seed), {"turn": [], "straight": []}
     while min(len(found) for found in cases.values()) < per_kind:
         clip = sample_clip(rng, triples=training_triples(), num_frames=80, bounce=True)
-        axis = 0 if clip.motion in ("left", "right") else 1
-        turns = turn_frames(clip.centres[:, axis])
+        turns = turn_frames(clip.centres[:, clip.axis])
         for start in range(40):
             kind = prefix_kind(turns, start)
             if kind and len(cases[kind]) < per_kind:
-                cases[kind].append((clip, start, axis))
+                cases[kind].append((clip, start, clip.axis))
                 break
     return cases
 

@@ -115,6 +115,11 @@ class ShapesClip:
         """`(T, H, W)` bool: where the object is. Exact, since the background is black and no colour is."""
         return self.video.any(axis=-1)
 
+    @property
+    def axis(self) -> int:
+        """The axis the object moves along: 0 (x) for left and right, 1 (y) for up and down."""
+        return 0 if self.motion in ("left", "right") else 1
+
 
 def parse_colour(spec: str) -> tuple[str, tuple[int, int, int]]:
     """`"orange=255,128,0"` -> `("orange", (255, 128, 0))`, for command-line flags that add colours."""
@@ -345,8 +350,8 @@ class ShapesDataset(Dataset):
     def _clip_after_turn(self, index: int, rng: np.random.Generator) -> ShapesClip:
         """Clip `index`'s object from a start at which it turns in one of `AFTER_TURN_FRAMES` of the clip."""
         path = self._sample(index, MAX_START_FRAME + self.num_frames)
-        positions = path.centres[:, 0 if path.motion in ("left", "right") else 1]
-        starts = [t - f for t in turn_frames(positions) for f in AFTER_TURN_FRAMES if 1 <= t - f <= MAX_START_FRAME]
+        turns = turn_frames(path.centres[:, path.axis])
+        starts = [t - f for t in turns for f in AFTER_TURN_FRAMES if 1 <= t - f <= MAX_START_FRAME]
         start = int(rng.choice(starts)) if starts else int(rng.integers(1, MAX_START_FRAME + 1))
         shown = slice(start, start + self.num_frames)
         return replace(path, video=path.video[shown].copy(), centres=path.centres[shown].copy(), start_frame=start)
