@@ -53,7 +53,7 @@ def test_it_follows_the_prompt_s_colour_and_motion(shipped):
 
 
 def test_it_re_encodes_past_its_trained_length_and_keeps_the_object(shipped):
-    # model card: at 129 frames one object in 100 % of frames, colour kept in 98.9 %; 33 frames were trained
+    # model card: at 129 frames one object in 100 % of frames, colour kept in 100 %; 33 frames were trained
     assert shipped.transformer.config.max_latent_frames == 17
     triple, seed = long_suite(1).cases[0]
     video = shipped(prompt_for(triple, seed), num_frames=81, generator=torch.Generator().manual_seed(seed),
@@ -74,7 +74,7 @@ def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
 
 
 def test_the_orange_lora_teaches_it_orange(shipped):
-    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 4 % -> 90 %): a colour the base never saw
+    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 1 % -> 92 %): a colour the base never saw
     palette = {**COLOURS, "orange": (255, 128, 0)}
     cases = (("circle", "right"), ("triangle", "up"), ("square", "down"))
     triples = [Triple("orange", shape, motion) for shape, motion in cases]
@@ -83,7 +83,7 @@ def test_the_orange_lora_teaches_it_orange(shipped):
         result = evaluate_pipeline(shipped, triples=triples, seeds=[5, 6, 7], palette=palette, progress=False)
         return sum(record["correct"]["colour"] for record in result["samples"])
 
-    base_hits = orange_hits()  # a yellowish orange now and then (4 % of the evaluator's orange prompts)
+    base_hits = orange_hits()  # a yellowish orange now and then (1 % of the evaluator's orange prompts)
     assert base_hits <= 1
     shipped.load_lora_weights(ORANGE_LORA, adapter_name="orange")
     try:

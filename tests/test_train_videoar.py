@@ -4,6 +4,7 @@ processes: `test_multi_process_training.py`)."""
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,6 +269,9 @@ def test_precompute_caches_latents_on_disk_and_a_rerun_reuses_them(components, t
     script.main(script.parse_args(args))
     assert not encoded, "the second run trained from the cache"
     assert sorted((tmp_path / "latent_cache").rglob("*.safetensors")) == cached
+    copied = shutil.copytree(components / "tokenizer", tmp_path / "same_tokenizer_elsewhere")
+    script.main(script.parse_args([*args, "--tokenizer", str(copied)]))
+    assert not encoded, "the same tokenizer from another folder reuses the cache"
 
 
 def test_mid_path_clips_train_as_continuations_of_a_longer_video(components, tmp_path, monkeypatch):

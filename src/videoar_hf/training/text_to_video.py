@@ -139,8 +139,10 @@ def without_context(bits: list[torch.Tensor], continues: list[bool], context_fra
 
 
 def tokenizer_fingerprint(video_tokenizer) -> str:
-    """A digest of the tokenizer's config and weights: cached latents are reused only with the same tokenizer."""
-    digest = hashlib.sha256(json.dumps(dict(video_tokenizer.config), sort_keys=True, default=str).encode())
+    """A digest of the tokenizer's config and weights: cached latents are reused only with the same tokenizer, wherever
+    it was loaded from."""
+    config = {k: v for k, v in video_tokenizer.config.items() if not k.startswith("_")}  # `_name_or_path` is a path
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(video_tokenizer.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
