@@ -74,7 +74,7 @@ def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
 
 
 def test_the_orange_lora_teaches_it_orange(shipped):
-    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 1 % -> 92 %): a colour the base never saw
+    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 0 % -> 92 %): a colour the base never saw
     palette = {**COLOURS, "orange": (255, 128, 0)}
     cases = (("circle", "right"), ("triangle", "up"), ("square", "down"))
     triples = [Triple("orange", shape, motion) for shape, motion in cases]
@@ -83,7 +83,7 @@ def test_the_orange_lora_teaches_it_orange(shipped):
         result = evaluate_pipeline(shipped, triples=triples, seeds=[5, 6, 7], palette=palette, progress=False)
         return sum(record["correct"]["colour"] for record in result["samples"])
 
-    base_hits = orange_hits()  # a yellowish orange now and then (1 % of the evaluator's orange prompts)
+    base_hits = orange_hits()  # a yellowish orange now and then (0-4 % of the evaluator's orange prompts)
     assert base_hits <= 1
     shipped.load_lora_weights(ORANGE_LORA, adapter_name="orange")
     try:
