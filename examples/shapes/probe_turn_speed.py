@@ -34,7 +34,7 @@ def prefix_kind(turns: np.ndarray, start: int) -> str | None:
 
 
 def draw_cases(per_kind: int, seed: int = 12345) -> dict[str, list]:
-    """`per_kind` (clip, start, axis) for each kind, one per clip, from a fixed generator."""
+    """`per_kind` (clip, start) for each kind, one per clip, from a fixed generator."""
     rng, cases = np.random.default_rng(seed), {"turn": [], "straight": []}
     while min(len(found) for found in cases.values()) < per_kind:
         clip = sample_clip(rng, triples=training_triples(), num_frames=80, bounce=True)
@@ -42,7 +42,7 @@ def draw_cases(per_kind: int, seed: int = 12345) -> dict[str, list]:
         for start in range(40):
             kind = prefix_kind(turns, start)
             if kind and len(cases[kind]) < per_kind:
-                cases[kind].append((clip, start, clip.axis))
+                cases[kind].append((clip, start))
                 break
     return cases
 
@@ -53,11 +53,12 @@ def speed_ratios(pipe, cases: list, batch_size: int = 8) -> tuple[np.ndarray, np
     overall, first = [], []
     for start_index in range(0, len(cases), batch_size):
         batch = cases[start_index : start_index + batch_size]
-        prefixes = np.stack([clip.video[start : start + PREFIX_FRAMES] for clip, start, _ in batch]) / 255
-        videos = pipe([clip.caption for clip, _, _ in batch], video=prefixes.astype(np.float32), num_frames=TOTAL_FRAMES,
+        prefixes = np.stack([clip.video[start : start + PREFIX_FRAMES] for clip, start in batch]) / 255
+        videos = pipe([clip.caption for clip, _ in batch], video=prefixes.astype(np.float32), num_frames=TOTAL_FRAMES,
                       generator=[torch.Generator().manual_seed(start_index + i) for i in range(len(batch))],
                       output_type="np").frames  # fmt: skip
-        for (clip, start, axis), frames in zip(batch, videos):
+        for (clip, start), frames in zip(batch, videos):
+            axis = clip.axis
             new = slice(PREFIX_FRAMES - 1, TOTAL_FRAMES)  # the last given frame, then the generated ones
             drawn = np.array([f.centroid[axis] if f.centroid else np.nan for f in analyse_clip(frames).frames])[new]
             real_steps = np.diff(clip.centres[start : start + TOTAL_FRAMES, axis][new])
