@@ -285,6 +285,20 @@ def test_other_temporal_compressions_validate_their_own_frame_counts():
     assert generate(tiny_pipeline(temporal_compression_ratio=1), num_frames=2).shape[2] == 2
 
 
+def test_spatial_compression_4_generates_saves_and_continues(tmp_path):
+    pipe = tiny_pipeline(spatial_compression_ratio=4, sample_size=16)
+    video = generate(pipe, height=16, width=16, num_frames=5, output_type="np")
+    assert video.shape == (1, 5, 16, 16, 3)
+    pipe.save_pretrained(tmp_path / "f4")
+    reloaded = VideoARPipeline.from_pretrained(tmp_path / "f4")
+    reloaded.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(generate(reloaded, height=16, width=16, num_frames=5, output_type="np"), video)
+    first = PIL.Image.fromarray((video[0, 0] * 255).round().astype(np.uint8))
+    assert generate(pipe, image=first, height=16, width=16, num_frames=5, output_type="np").shape == video.shape
+    with pytest.raises(ValueError, match="height"):
+        pipe(PROMPT, height=18, width=16, num_frames=5)
+
+
 def test_conditioning_must_leave_frames_to_generate(tiny_pipe):
     image = PIL.Image.new("RGB", (32, 32))
     with pytest.raises(ValueError, match="num_frames"):

@@ -64,7 +64,7 @@ def _validate_config(config) -> None:
     )
     tau, f = config.temporal_compression_ratio, config.spatial_compression_ratio
     require(tau in (1, 2, 4), "temporal_compression_ratio", tau, "1, 2 or 4")
-    require(f in (8, 16), "spatial_compression_ratio", f, "8 or 16")
+    require(f in (4, 8, 16), "spatial_compression_ratio", f, "4, 8 or 16")
     levels_f = 2 ** (len(multipliers) - 1)
     require(f == levels_f, "spatial_compression_ratio", f, f"{levels_f} = 2 ** (len(channel_multipliers) - 1)")
     widths = [config.base_channels * m for m in multipliers]
@@ -101,8 +101,9 @@ class VideoARTokenizer(ModelMixin, ConfigMixin):
             choice.
         decoder_num_res_blocks (`int`, *optional*): the decoder's own `num_res_blocks` (it still runs one more per
             level), for a decoder deeper than the encoder; `None` is `num_res_blocks`. Our addition.
-        spatial_compression_ratio (`int`, defaults to 16): `f`, 8 or 16, equal to `2 ** (len(channel_multipliers) - 1)`;
-            paper: 16.
+        spatial_compression_ratio (`int`, defaults to 16): `f`, 4, 8 or 16, equal to
+            `2 ** (len(channel_multipliers) - 1)`; paper: 16. 4 keeps small sharp shapes (squares of 10 px) that an
+            8-px latent grid rounds.
         temporal_compression_ratio (`int`, defaults to 4): `tau`, 1, 2 or 4; paper: 4.
         scale_schedule (`tuple[int]`, defaults to `(1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 24, 32)`): token-map sides, coarse
             to fine (see `get_scale_sizes`); the paper does not give it. A latent grid of longer side `n` uses the

@@ -58,12 +58,16 @@ def tiny_pipeline(
     latent_bits: int = 8,
     scale_schedule: tuple[int, ...] = (1, 2, 4),
     sample_size: int = 32,
+    spatial_compression_ratio: int = 8,
 ) -> VideoARPipeline:
-    """A randomly initialised pipeline for 32x32 video: spatial compression 8, latent grid 4x4, 3 scales."""
+    """A randomly initialised pipeline; by default for 32x32 video: spatial compression 8, latent grid 4x4, 3 scales."""
     torch.manual_seed(seed)
+    levels = spatial_compression_ratio.bit_length() - 1  # f = 2 ** levels
     video_tokenizer = VideoARTokenizer(
         **tiny_tokenizer_config(
             latent_channels=latent_bits,
+            spatial_compression_ratio=spatial_compression_ratio,
+            channel_multipliers=(1,) + (2,) * levels,
             temporal_compression_ratio=temporal_compression_ratio,
             scale_schedule=scale_schedule,
             sample_size=sample_size,
