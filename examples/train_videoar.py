@@ -12,6 +12,7 @@ with `--resume_from_checkpoint latest`; the result is a whole `VideoARPipeline` 
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ from videoar_hf.configuration_videoar import TRAINING_FIELDS
 from videoar_hf.training import add_training_args, check_training_args, make_accelerator, run_script, training_config_from_args
 from videoar_hf.training.text_to_video import TextEncoder, TextToVideoTrainer
 
+logger = logging.getLogger("train_videoar")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--text_tokenizer", default=None, help="Folder or Hub id of the text encoder's tokenizer, when it lives elsewhere (e.g. a pipeline's `tokenizer` folder).")
     model.add_argument("--transformer_preset", default="tiny", help="VideoARConfig preset of a new transformer: tiny, L, XL or 4B.")
     model.add_argument("--transformer_config", default=None, help="JSON of VideoARConfig fields over the preset, e.g. '{\"hidden_size\": 256}'; with --pretrained_transformer, new values of its training fields (CFEC, frame mask, loss weighting) for a later stage.")
-    model.add_argument("--pretrained_transformer", default=None, help="Continue from this VideoARTransformer instead.")
+    model.add_argument("--pretrained_transformer", default=None, help="Continue from this VideoARTransformer instead; a --tokenizer with finer scales after its own grows it to them.")
     model.add_argument("--text_dropout", type=float, default=0.1, help="Probability of training on the empty prompt, for classifier-free guidance (docs/method.md §7).")
     model.add_argument("--precompute", action="store_true", help="Encode each clip once per stage into a cache on disk (output_dir/latent_cache, reused by a re-run) and memoize captions; train on the cached latents.")
     add_training_args(parser, learning_rate=1e-4)
@@ -85,7 +88,8 @@ def new_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, lab
 
 
 def build_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, label_names: list[str] | None):
-    """The pretrained transformer with the given training fields (a later stage's), or a new one."""
+    """The pretrained transformer with the given training fields (a later stage's), grown to a finer tokenizer's
+    scales, or a new one."""
     fields = json.loads(args.transformer_config or "{}")
     if args.pretrained_transformer:  # trainable weights stay fp32 even from a bf16 export
         transformer = VideoARTransformer.from_pretrained(args.pretrained_transformer, dtype=torch.float32)
@@ -95,11 +99,19 @@ def build_transformer(args, video_tokenizer, text_encoder: TextEncoder | None, l
         for field, value in fields.items():
             setattr(transformer.config, field, value)
         transformer.config.validate_architecture()
-        return transformer
     except (StrictDataclassError, ValueError) as error:
         if not fields:
             raise
         raise ValueError(f"--transformer_config {args.transformer_config}: {one_line(error)}") from error
+    schedule = list(video_tokenizer.config.scale_schedule)
+    if list(transformer.config.scale_schedule) != schedule:
+        try:
+            transformer.extend_scale_schedule(schedule)
+        except ValueError as error:
+            raise ValueError(f"--pretrained_transformer {args.pretrained_transformer} does not fit --tokenizer "
+                             f"{args.tokenizer}: {one_line(error)}") from error  # fmt: skip
+        logger.info(f"Grew the transformer's scales to the tokenizer's {schedule}")
+    return transformer
 
 
 def main(args: argparse.Namespace) -> Path:

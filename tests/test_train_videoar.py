@@ -323,6 +323,25 @@ def test_a_later_stage_gives_a_pretrained_transformer_new_training_fields(compon
         script.main(args)
 
 
+def test_a_pretrained_transformer_grows_to_a_finer_tokenizers_scales(components, tmp_path):
+    """A transformer trained on an f = 8 tokenizer (scales 1, 2, 4) continues on an f = 4 one (scales 1, 2, 4, 8):
+    it gains the finer scale and the whole pipeline generates; a tokenizer with other scales is refused."""
+    script = load_script()
+    pretrained = str(components / "pipeline" / "transformer")
+    tiny_pipeline(spatial_compression_ratio=4, scale_schedule=(1, 2, 4, 8)).video_tokenizer.save_pretrained(tmp_path / "fine")
+    args = script.parse_args(base_args(components, tmp_path / "run", "--tokenizer", str(tmp_path / "fine"), "--max_train_steps", "2",
+                                       "--pretrained_transformer", pretrained, "--validation_prompts"))  # fmt: skip
+    pipe = VideoARPipeline.from_pretrained(script.main(args))
+    assert pipe.transformer.config.scale_schedule == [1, 2, 4, 8] and pipe.transformer.scale_embed.num_embeddings == 4
+    assert pipe("a red circle moving left", num_frames=5, output_type="np").frames.shape == (1, 5, 32, 32, 3)
+    tiny_pipeline(scale_schedule=(1, 3, 4)).video_tokenizer.save_pretrained(tmp_path / "other")
+    args = script.parse_args(base_args(components, tmp_path / "bad", "--tokenizer", str(tmp_path / "other"), "--max_train_steps", "1",
+                                       "--pretrained_transformer", pretrained))  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not fit --tokenizer .*other: `scale_schedule` must extend the model's \[1, 2, 4\]"):
+        script.main(args)
+    assert not (tmp_path / "bad" / "pipeline").exists()
+
+
 def test_training_refuses_a_context_as_long_as_its_clips_before_any_step(components, tmp_path):
     script = load_script()
     args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "2",

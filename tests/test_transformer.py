@@ -227,6 +227,33 @@ def test_save_and_reload_give_identical_logits(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), VideoARConfig)
 
 
+def test_extend_scale_schedule_keeps_every_weight_and_starts_the_new_scale_as_the_finest(tmp_path):
+    """A transformer trained on a coarser tokenizer grows to a finer one's scales (`train_videoar.py` does it)."""
+    model = make_model(frame_mask_prob=0.0)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    model.extend_scale_schedule([1, 2, 4, 8])
+    after = model.state_dict()
+    assert model.config.scale_schedule == [1, 2, 4, 8] and after.keys() == before.keys()
+    for name, tensor in before.items():
+        if name != "scale_embed.weight":
+            assert torch.equal(after[name], tensor), name
+    torch.testing.assert_close(after["scale_embed.weight"], torch.cat([before["scale_embed.weight"], before["scale_embed.weight"][-1:]]))
+    g = torch.Generator().manual_seed(0)
+    pyramid = MultiScaleBitwiseQuantizer(8).residual_quantize(torch.randn(2, 8, 2, 8, 8, generator=g), get_scale_sizes([1, 2, 4, 8], 8, 8))
+    text, mask = torch.randn(2, 6, 32, generator=g), torch.ones(2, 6, dtype=torch.long)
+    out = model.train()(pyramid.scale_inputs, text, mask, labels=pyramid.bits)
+    out.loss.backward()
+    assert out.logits.shape == (2, 2 * (1 + 4 + 16 + 64), 8) and model.scale_embed.weight.grad[3].abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    reloaded = VideoARTransformer.from_pretrained(tmp_path)
+    assert reloaded.config.scale_schedule == [1, 2, 4, 8]
+    torch.testing.assert_close(reloaded.scale_embed.weight, model.scale_embed.weight)
+    for schedule in ([1, 2, 4, 8], [1, 2], [2, 4, 8, 16], [1, 2, 4, 4]):
+        with pytest.raises(ValueError, match="scale_schedule"):
+            model.extend_scale_schedule(schedule)
+    assert model.config.scale_schedule == [1, 2, 4, 8] and model.scale_embed.num_embeddings == 4
+
+
 @pytest.mark.parametrize("name, billions", [("L", 0.926), ("XL", 2.0), ("4B", 4.0)])
 def test_presets_match_the_papers_sizes(name, billions):
     with torch.device("meta"):

@@ -21,7 +21,7 @@ from .diffusers_memory import DiffusersMemoryMixin
 from .pipeline_folder import safetensors_only
 from .quantizer import pack_scales
 from .rope import MultiScaleTemporalRoPE, apply_rotary_pos_emb, prefix_position_ids, video_position_ids
-from .scale_schedule import TokenLayout, get_scale_sizes
+from .scale_schedule import TokenLayout, get_scale_sizes, validate_scale_schedule
 
 # a label that leaves its token out of the loss (transformers' convention)
 IGNORE_INDEX = -100
@@ -245,6 +245,21 @@ class VideoARTransformer(VideoARPreTrainedModel):
 
     def scale_sizes(self, latent_height: int, latent_width: int) -> list[tuple[int, int]]:
         return get_scale_sizes(self.config.scale_schedule, latent_height, latent_width)
+
+    def extend_scale_schedule(self, scale_schedule: list[int]) -> None:
+        """Grow the model, in place, to a schedule that adds finer scales after its own (e.g. `[1, 2, 4, 8]` to
+        `[1, 2, 4, 8, 16]`), for a tokenizer with a finer latent grid. The scale embedding is the only weight tied to
+        the number of scales: its old rows stay and each new one starts as a copy of the finest, so the new scale is
+        first read as more of the finest one. Every other weight is shared across scales and kept."""
+        old = list(self.config.scale_schedule)
+        new = list(scale_schedule)
+        validate_scale_schedule(new)
+        if len(new) <= len(old) or new[: len(old)] != old:
+            raise ValueError(f"`scale_schedule` must extend the model's {old} with finer scales, got {new}.")
+        weight = self.scale_embed.weight.detach()
+        grown = torch.cat([weight, weight[-1:].expand(len(new) - len(old), -1)])
+        self.scale_embed = nn.Embedding.from_pretrained(grown.clone(), freeze=not self.scale_embed.weight.requires_grad)
+        self.config.scale_schedule = new
 
     def init_cache(self, latent_height: int, latent_width: int) -> VideoARCache:
         """An empty KV cache for sampling a video on a `latent_height x latent_width` grid."""
