@@ -258,7 +258,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
             raise ValueError(f"`scale_schedule` must extend the model's {old} with finer scales, got {new}.")
         weight = self.scale_embed.weight.detach()
         grown = torch.cat([weight, weight[-1:].expand(len(new) - len(old), -1)])
-        self.scale_embed = nn.Embedding.from_pretrained(grown.clone(), freeze=not self.scale_embed.weight.requires_grad)
+        self.scale_embed = nn.Embedding.from_pretrained(grown, freeze=not self.scale_embed.weight.requires_grad)
         self.config.scale_schedule = new
 
     def init_cache(self, latent_height: int, latent_width: int) -> VideoARCache:
