@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# VideoAR-Shapes at f = 4 (16 x 16 latent cells, tau 2), sized for one GPU: the tokenizer (stills, clips, decoder
+# alone), then a transformer grown from an f = 8 VideoAR-Shapes pipeline (first frames, 17-frame clips, bouncing
+# 33-frame clips), then the bf16 export. Why f = 4: the f = 8 tokenizer alone caps continuation shape at 93 % and
+# long-video shape at 89 %; f = 4 keeps 100 % and 95 % (TUNING.md, sessions 30-32).
+#   bash examples/shapes/recipe_f4.sh WORK_DIR BASE_PIPELINE EXPORT_DIR
+# BASE_PIPELINE gives the transformer to grow and the text encoder, e.g. src/videoar_hf/shipped/videoar-shapes.
+# Re-running continues from the last checkpoints. PRECISION (default no) is passed as --mixed_precision; SMOKE=1 runs
+# every stage for 2 steps on 32 clips, to check the chain end to end before paying for it.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+work="$1"; base="$2"; export_dir="$3"
+mkdir -p "$work"
+stages="$here"
+clips() { if [ "${SMOKE:-0}" = 1 ]; then echo 32; else echo "$1"; fi; }
+if [ "${SMOKE:-0}" = 1 ]; then
+  stages="$work/smoke_stages"; mkdir -p "$stages"
+  for file in "$here"/stages_*.yaml; do
+    sed -E 's/([{ ,])steps: [0-9]+/\1steps: 2/; s/warmup_steps: [0-9]+/warmup_steps: 1/' "$file" > "$stages/$(basename "$file")"
+  done
+fi
+step() { echo "[$(date +%T)] $1" | tee -a "$work/times.log"; }
+common=(--dataset shapes --mixed_precision "${PRECISION:-no}" --report_to tensorboard --resume_from_checkpoint latest)
+
+# the tokenizer: the recipe's losses, 2 px past the object's edge weighed too, from scratch at f = 4
+tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipliers": [1, 2, 4], "num_res_blocks": 1,
+  "spatial_compression_ratio": 4, "temporal_compression_ratio": 2, "scale_schedule": [1, 2, 4, 8, 16],
+  "norm_num_groups": 8, "sample_size": 64}'
+tokenizer=(--seed 0 --num_clips "$(clips 100000)" --entropy_weight 0 --foreground_weight 4 --foreground_dilation 2
+  --weight_decay 0 --checkpointing_steps 250 --logging_steps 50 --colour_mix_prob 0.3)
+step "tokenizer: stills"
+[ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --tokenizer_config "$tokenizer_config" --stages "$stages/stages_tokenizer_stills.yaml" --output_dir "$work/tokenizer_stills"
+step "tokenizer: clips"
+[ -d "$work/tokenizer_clips/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$stages/stages_tokenizer_video.yaml" \
+  --output_dir "$work/tokenizer_clips"
+# the decoder alone: the latents stay as they are, held-out PSNR +1.1 dB (TUNING.md, session 31)
+step "tokenizer: decoder"
+[ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+  --pretrained_tokenizer "$work/tokenizer_clips/tokenizer" --train_decoder_only \
+  --stages "$stages/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer"
+
+# the transformer, grown from the base model's (every weight kept, a 16 x 16 scale added): what it knows of text and
+# shapes carries over to the new tokenizer's bits (TUNING.md, session 30)
+transformer=(--precompute --checkpointing_steps 250 --logging_steps 25 --tokenizer "$work/tokenizer/tokenizer"
+  --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer")
+step "transformer: stills"
+[ -d "$work/transformer_stills/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --seed 0 --num_clips "$(clips 12288)" --pretrained_transformer "$base/transformer" \
+  --stages "$stages/stages_transformer_f4_stills.yaml" --output_dir "$work/transformer_stills"
+step "transformer: clips"
+[ -d "$work/transformer_clips/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --seed 1 --num_clips "$(clips 8192)" --pretrained_transformer "$work/transformer_stills/pipeline/transformer" \
+  --stages "$stages/stages_transformer_f4_clips.yaml" --output_dir "$work/transformer_clips"
+step "transformer: bouncing clips"
+[ -d "$work/transformer_bounce/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
+  --seed 2 --num_clips "$(clips 4096)" --shapes_bounce --shapes_mid_path_share 0.5 \
+  --pretrained_transformer "$work/transformer_clips/pipeline/transformer" \
+  --transformer_config '{"frame_mask_window": 8, "flip_rate_max": 0.05, "flip_rate_delta": 0.005}' \
+  --stages "$stages/stages_transformer_f4_bounce.yaml" --output_dir "$work/transformer_bounce"
+
+# long videos re-encode 8 latent frames to start each window, and only the first latent frame is guided, as for the
+# f = 8 model (TUNING.md, sessions 20 and 23)
+step "export"
+python "$here/export_shipped.py" "$work/transformer_bounce/pipeline" "$export_dir" --context_frames 8 --guidance_frames 1
+step "done"
