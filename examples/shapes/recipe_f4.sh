@@ -28,23 +28,23 @@ tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipli
   "spatial_compression_ratio": 4, "temporal_compression_ratio": 2, "scale_schedule": [1, 2, 4, 8, 16],
   "norm_num_groups": 8, "sample_size": 64}'
 tokenizer=(--seed 0 --num_clips "$(clips 100000)" --entropy_weight 0 --foreground_weight 4 --foreground_dilation 2
-  --weight_decay 0 --checkpointing_steps 250 --logging_steps 50 --colour_mix_prob 0.3)
+  --weight_decay 0 --checkpointing_steps 500 --logging_steps 50 --colour_mix_prob 0.3)
 step "tokenizer: stills"
 [ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --tokenizer_config "$tokenizer_config" --stages "$stages/stages_tokenizer_stills.yaml" --output_dir "$work/tokenizer_stills"
+  --tokenizer_config "$tokenizer_config" --stages "$stages/stages_tokenizer_f4_stills.yaml" --output_dir "$work/tokenizer_stills"
 step "tokenizer: clips"
 [ -d "$work/tokenizer_clips/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$stages/stages_tokenizer_video.yaml" \
+  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$stages/stages_tokenizer_f4_video.yaml" \
   --output_dir "$work/tokenizer_clips"
 # the decoder alone: the latents stay as they are, held-out PSNR +1.1 dB (TUNING.md, session 31)
 step "tokenizer: decoder"
 [ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
   --pretrained_tokenizer "$work/tokenizer_clips/tokenizer" --train_decoder_only \
-  --stages "$stages/stages_tokenizer_decoder.yaml" --output_dir "$work/tokenizer"
+  --stages "$stages/stages_tokenizer_f4_decoder.yaml" --output_dir "$work/tokenizer"
 
 # the transformer, grown from the base model's (every weight kept, a 16 x 16 scale added): what it knows of text and
 # shapes carries over to the new tokenizer's bits (TUNING.md, session 30)
-transformer=(--precompute --checkpointing_steps 250 --logging_steps 25 --tokenizer "$work/tokenizer/tokenizer"
+transformer=(--precompute --checkpointing_steps 400 --logging_steps 25 --tokenizer "$work/tokenizer/tokenizer"
   --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer")
 step "transformer: stills"
 [ -d "$work/transformer_stills/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
