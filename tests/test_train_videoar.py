@@ -349,3 +349,17 @@ def test_training_refuses_a_context_as_long_as_its_clips_before_any_step(compone
     with pytest.raises(ValueError, match=r"train on 2 latent frames at most: `context_frames` \(2\) must be below"):
         script.main(args)
     assert not (tmp_path / "pipeline").exists()
+
+
+def test_a_model_compiled_through_accelerates_switch_trains_saves_and_loads(components, tmp_path, monkeypatch):
+    # accelerate compiles the prepared model when its config or ACCELERATE_DYNAMO_BACKEND asks; "eager" wraps and traces
+    # it as "inductor" would, without generating kernels
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "eager")
+    script = load_script()
+    args = script.parse_args(base_args(components, tmp_path, "--max_train_steps", "4", "--checkpointing_steps", "2"))
+    pipeline_dir = script.main(args)
+    saved = load_file(pipeline_dir / "transformer" / "model.safetensors")
+    assert not [name for name in saved if "_orig_mod" in name]
+    assert (tmp_path / "samples" / "checkpoint-4" / "00.mp4").stat().st_size > 0
+    pipe = VideoARPipeline.from_pretrained(pipeline_dir)
+    assert pipe("a blue square moving up", num_frames=5, output_type="np").frames.shape == (1, 5, 32, 32, 3)

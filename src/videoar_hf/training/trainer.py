@@ -147,7 +147,7 @@ class Trainer(ABC):
 
     @property
     def unwrapped(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def train(self) -> None:
         if self.optimizer is None:
@@ -273,6 +273,8 @@ class Trainer(ABC):
         if self.ema:
             copy_into(self.trainable, self.ema.shadow_params)
         state_dict = accelerator.get_state_dict(self.model)  # a collective under FSDP: every process calls it
+        # a model compiled by accelerate (its config, or ACCELERATE_DYNAMO_BACKEND) names its weights "_orig_mod.*"
+        state_dict = state_dict and {name.removeprefix("_orig_mod."): value for name, value in state_dict.items()}
         if accelerator.is_main_process:
             history.save(output_dir / "history.json")
             history.plot(output_dir / "loss_curve.png", title=self.config.project)
