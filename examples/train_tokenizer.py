@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.utils import export_to_video
 from safetensors.torch import load_file
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--train_decoder_only", action="store_true", help="With --pretrained_tokenizer: freeze the encoder and train the decoder alone, so the latents (and any transformer trained on them) stay valid; with a new scale_schedule in --tokenizer_config, the decoder learns the encoder's latents quantized on it.")
     model.add_argument("--colour_mix_prob", type=float, default=0.0, help="Probability of mixing a clip's RGB channels by a random non-negative 3x3 matrix (black stays black), so the tokenizer learns colours beyond its data's palette.")
     model.add_argument("--nested_dropout_prob", type=float, default=0.0, help="Probability that a step decodes only the first k scales (k uniform in 1..K-1), so the coarse scales must carry what matters most: where the object is and how big (nested dropout; our addition, the paper decodes the whole pyramid). 0 turns it off.")
+    model.add_argument("--teacher_tokenizer", default=None, help="A trained tokenizer with a coarser latent grid (e.g. f = 8 for a new f = 4 one), the same bits, temporal compression and first scales: the new latents, area-pooled to its grid, are pulled to its latents, so the coarse scales' bits become its bits and a transformer trained on it keeps what it knew of them (our addition, TUNING.md session 34).")
+    model.add_argument("--teacher_weight", type=float, default=1.0, help="Weight of the mean squared error between the pooled latents and --teacher_tokenizer's.")
     model.add_argument("--init_from_2d", default=None, help="A 2D image tokenizer's weights (.safetensors, LDM or Infinity key names) to inflate into the new tokenizer.")
 
     losses = parser.add_argument_group("losses (the paper gives no weights; the defaults are ours)")
@@ -72,19 +75,21 @@ def parse_args(argv=None) -> argparse.Namespace:
             json.loads(args.tokenizer_config)
         except json.JSONDecodeError as error:
             parser.error(f"--tokenizer_config is not valid JSON: {error}")
-    for flag in ("gan_weight", "gan_start_step", "foreground_weight", "foreground_dilation"):
+    for flag in ("gan_weight", "gan_start_step", "foreground_weight", "foreground_dilation", "teacher_weight"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag} must be >= 0, got {getattr(args, flag)}.")
     for flag in ("colour_mix_prob", "nested_dropout_prob"):
         if not 0 <= getattr(args, flag) <= 1:
             parser.error(f"--{flag} must be in [0, 1], got {getattr(args, flag)}.")
-    for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model"):
+    for flag in ("init_from_2d", "pretrained_tokenizer", "perceptual_model", "teacher_tokenizer"):
         if getattr(args, flag) and not Path(getattr(args, flag)).exists():
             parser.error(f"--{flag} {getattr(args, flag)!r} does not exist.")
     if args.reinflate and not args.pretrained_tokenizer:
         parser.error("--reinflate needs --pretrained_tokenizer: it re-inflates a tokenizer trained on images.")
     if args.train_decoder_only and not args.pretrained_tokenizer:
         parser.error("--train_decoder_only needs --pretrained_tokenizer: a fresh encoder would never learn.")
+    if args.teacher_tokenizer and args.train_decoder_only:
+        parser.error("--teacher_tokenizer shapes the encoder's latents; --train_decoder_only freezes the encoder.")
     if args.init_from_2d and not args.init_from_2d.endswith(".safetensors"):
         parser.error("--init_from_2d must be a .safetensors file: weights are never read from pickles.")
     return args
@@ -118,6 +123,25 @@ def load_pretrained_tokenizer(path: str, overrides: dict) -> VideoARTokenizer:
         return VideoARTokenizer.from_pretrained(path, **overrides)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(f"--tokenizer_config {overrides} does not fit the weights of {path}: {error}") from error
+
+
+def load_teacher(path: str, student: VideoARTokenizer) -> VideoARTokenizer:
+    """The frozen `--teacher_tokenizer`, refused unless pooling the student's latents gives latents of its kind."""
+    teacher = VideoARTokenizer.from_pretrained(path).eval().requires_grad_(False)
+    ours, theirs = student.config, teacher.config
+    problems = [
+        f"{field} {getattr(theirs, field)} (the new tokenizer's: {getattr(ours, field)})"
+        for field in ("latent_channels", "temporal_compression_ratio")
+        if getattr(ours, field) != getattr(theirs, field)
+    ]
+    if theirs.spatial_compression_ratio % ours.spatial_compression_ratio:
+        problems.append(f"spatial_compression_ratio {theirs.spatial_compression_ratio}, not a multiple of "
+                        f"{ours.spatial_compression_ratio}")  # fmt: skip
+    if list(ours.scale_schedule[: len(theirs.scale_schedule)]) != list(theirs.scale_schedule):
+        problems.append(f"scale_schedule {list(theirs.scale_schedule)}, not the start of {list(ours.scale_schedule)}")
+    if problems:
+        raise ValueError(f"--teacher_tokenizer {path} does not fit the new tokenizer: " + "; ".join(problems) + ".")
+    return teacher
 
 
 def mix_colours(video_BCTHW: torch.Tensor, prob: float, generator=None) -> torch.Tensor:
@@ -154,8 +178,10 @@ class TokenizerTrainer(Trainer):
     """The tokenizer's loss step, the optional discriminator step after it, and reconstructions at checkpoints."""
 
     def __init__(self, accelerator, config, tokenizer, loss_fn: TokenizerLoss, colour_mix_prob: float,
-                 nested_dropout_prob: float = 0.0):  # fmt: skip
+                 nested_dropout_prob: float = 0.0, teacher: VideoARTokenizer | None = None, teacher_weight: float = 1.0):  # fmt: skip
         super().__init__(accelerator, config, tokenizer)
+        self.teacher = teacher and teacher.to(accelerator.device)
+        self.teacher_weight = teacher_weight
         self.loss_fn = loss_fn
         self.colour_mix_prob = colour_mix_prob
         self.nested_dropout_prob = nested_dropout_prob
@@ -176,6 +202,11 @@ class TokenizerTrainer(Trainer):
         reconstruction, latents, _, commitment_loss = self.model(video, return_dict=False, num_scales=num_scales)
         discriminator = self.extra_models[0] if self.extra_models else None
         loss, parts = self.loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher.encode(video.to(self.teacher.dtype)).latents.float()
+            teacher_loss = F.mse_loss(F.adaptive_avg_pool3d(latents.float(), target.shape[-3:]), target)
+            loss, parts = loss + self.teacher_weight * teacher_loss, parts | {"teacher": teacher_loss.detach()}
         self.gan_inputs = (video, reconstruction.detach()) if self.loss_fn.gan_active(step) else None
         quality = {"psnr" if num_scales is None else "nested_psnr": psnr(video, reconstruction.detach())}
         return loss, {**quality, **{f"{k}_loss": v for k, v in parts.items()}}
@@ -224,7 +255,9 @@ def main(args: argparse.Namespace) -> Path:
         lecam_weight=args.lecam_weight, gan_start_step=args.gan_start_step,
     ).to(accelerator.device)  # fmt: skip
 
-    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob, args.nested_dropout_prob)
+    teacher = load_teacher(args.teacher_tokenizer, tokenizer) if args.teacher_tokenizer else None
+    trainer = TokenizerTrainer(accelerator, config, tokenizer, loss_fn, args.colour_mix_prob, args.nested_dropout_prob,
+                               teacher, args.teacher_weight)  # fmt: skip
     if args.gan_weight > 0:
         discriminator = Discriminator3D(base_channels=args.discriminator_channels, norm_num_groups=8)
         optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_learning_rate, betas=config.adam_betas)

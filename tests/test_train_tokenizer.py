@@ -157,9 +157,53 @@ def test_colour_mixing_recolours_some_clips_and_keeps_black():
     assert torch.equal(mix_colours(video, 0.0), video)
 
 
+def pooled_teacher_error(student, teacher, video):
+    with torch.no_grad():
+        target = teacher.encode(video).latents
+        return torch.nn.functional.mse_loss(torch.nn.functional.adaptive_avg_pool3d(student.encode(video).latents,
+                                                                                    target.shape[-3:]), target).item()  # fmt: skip
+
+
+def test_a_teacher_tokenizer_makes_the_pooled_latents_its_own_and_so_the_coarse_bits(tmp_path):
+    # an f = 4 tokenizer taught by an f = 8 one: pooled to 4 x 4, its latents become the teacher's (TUNING.md, 34)
+    torch.manual_seed(0)
+    VideoARTokenizer(**TINY).save_pretrained(tmp_path / "teacher")
+    teacher = VideoARTokenizer.from_pretrained(tmp_path / "teacher")
+    student_config = json.dumps({**TINY, "channel_multipliers": [1, 2, 2], "spatial_compression_ratio": 4,
+                                 "scale_schedule": [1, 2, 4, 8]})
+    runs = {}
+    for weight in ("0", "10"):
+        torch.manual_seed(0)
+        args = args_for(tmp_path / weight, "--tokenizer_config", student_config, "--max_train_steps", "40",
+                        "--teacher_tokenizer", str(tmp_path / "teacher"), "--teacher_weight", weight)  # fmt: skip
+        runs[weight] = VideoARTokenizer.from_pretrained(load_script().main(args))
+        assert history(tmp_path / weight)[-1]["teacher_loss"] >= 0
+    video = torch.rand(2, 3, 5, 32, 32) * 2 - 1
+    assert pooled_teacher_error(runs["10"], teacher, video) < 0.5 * pooled_teacher_error(runs["0"], teacher, video)
+
+    def coarse_bit_agreement(student):
+        with torch.no_grad():
+            ours = student.quantizer.residual_quantize(student.encode(video).latents, [(1, 1), (2, 2), (4, 4), (8, 8)])
+            theirs = teacher.quantizer.residual_quantize(teacher.encode(video).latents, [(1, 1), (2, 2), (4, 4)])
+        return [(a == b).float().mean().item() for a, b in zip(ours.bits, theirs.bits)]
+
+    taught, untaught = coarse_bit_agreement(runs["10"]), coarse_bit_agreement(runs["0"])
+    assert all(a > b + 0.1 for a, b in zip(taught, untaught)), (taught, untaught)
+
+
+def test_a_teacher_of_another_kind_is_refused_before_training(tmp_path):
+    VideoARTokenizer(**{**TINY, "latent_channels": 4, "scale_schedule": [1, 4]}).save_pretrained(tmp_path / "teacher")
+    args = args_for(tmp_path / "run", "--teacher_tokenizer", str(tmp_path / "teacher"))
+    with pytest.raises(ValueError, match="--teacher_tokenizer .* latent_channels 4 .*scale_schedule"):
+        load_script().main(args)
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
+        (["--teacher_tokenizer", "/no/such/tokenizer"], "--teacher_tokenizer"),
+        (["--teacher_weight", "-1"], "--teacher_weight must be >= 0"),
         (["--colour_mix_prob", "1.5"], "--colour_mix_prob must be in [0, 1]"),
         (["--nested_dropout_prob", "-0.1"], "--nested_dropout_prob must be in [0, 1]"),
         (["--init_from_2d", "weights.pth"], "--init_from_2d"),
