@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # VideoAR-Shapes at f = 4 (16 x 16 latent cells, tau 2), sized for one GPU: the tokenizer (stills, clips, decoder
-# alone), then a transformer grown from an f = 8 VideoAR-Shapes pipeline (first frames, 17-frame clips, bouncing
+# alone) under the f = 8 one, then the f = 8 transformer grown onto it (first frames, 17-frame clips, bouncing
 # 33-frame clips), then the bf16 export. Why f = 4: the f = 8 tokenizer alone caps continuation shape at 93 % and
 # long-video shape at 89 %; f = 4 keeps 100 % and 95 % (TUNING.md, sessions 30-32).
 #   bash examples/shapes/recipe_f4.sh WORK_DIR BASE_PIPELINE EXPORT_DIR
@@ -23,18 +23,20 @@ fi
 step() { echo "[$(date +%T)] $1" | tee -a "$work/times.log"; }
 common=(--dataset shapes --mixed_precision "${PRECISION:-no}" --report_to tensorboard --resume_from_checkpoint latest)
 
-# the tokenizer: the recipe's losses, 2 px past the object's edge weighed too, from scratch at f = 4
+# the tokenizer: the recipe's losses, 2 px past the object's edge weighed too, from scratch at f = 4, its latents pooled
+# to 8 x 8 pulled to the base model's f = 8 ones, so its first four scales' bits are the bits the base transformer knows
 tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipliers": [1, 2, 4], "num_res_blocks": 1,
   "spatial_compression_ratio": 4, "temporal_compression_ratio": 2, "scale_schedule": [1, 2, 4, 8, 16],
   "norm_num_groups": 8, "sample_size": 64}'
 tokenizer=(--seed 0 --num_clips "$(clips 100000)" --entropy_weight 0 --foreground_weight 4 --foreground_dilation 2
   --weight_decay 0 --checkpointing_steps 500 --logging_steps 50 --colour_mix_prob 0.3)
+teacher=(--teacher_tokenizer "$base/video_tokenizer" --teacher_weight 1)
 step "tokenizer: stills"
 [ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --tokenizer_config "$tokenizer_config" --stages "$stages/stages_tokenizer_f4_stills.yaml" --output_dir "$work/tokenizer_stills"
+  --tokenizer_config "$tokenizer_config" "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_stills.yaml" --output_dir "$work/tokenizer_stills"
 step "tokenizer: clips"
 [ -d "$work/tokenizer_clips/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate --stages "$stages/stages_tokenizer_f4_video.yaml" \
+  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_video.yaml" \
   --output_dir "$work/tokenizer_clips"
 # the decoder alone: the latents stay as they are, held-out PSNR +1.1 dB (TUNING.md, session 31)
 step "tokenizer: decoder"
@@ -42,8 +44,8 @@ step "tokenizer: decoder"
   --pretrained_tokenizer "$work/tokenizer_clips/tokenizer" --train_decoder_only \
   --stages "$stages/stages_tokenizer_f4_decoder.yaml" --output_dir "$work/tokenizer"
 
-# the transformer, grown from the base model's (every weight kept, a 16 x 16 scale added): what it knows of text and
-# shapes carries over to the new tokenizer's bits (TUNING.md, session 30)
+# the transformer, grown from the base model's (every weight kept, a 16 x 16 scale added): on the taught tokenizer's
+# first frames it predicts the four coarse scales' bits 85-96 % right before any step (TUNING.md, session 34)
 transformer=(--precompute --checkpointing_steps 400 --logging_steps 25 --tokenizer "$work/tokenizer/tokenizer"
   --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer")
 step "transformer: stills"
