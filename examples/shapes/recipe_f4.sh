@@ -6,14 +6,14 @@
 #   bash examples/shapes/recipe_f4.sh WORK_DIR BASE_PIPELINE EXPORT_DIR
 # BASE_PIPELINE gives the transformer to grow and the text encoder, e.g. src/videoar_hf/shipped/videoar-shapes.
 # Re-running continues from the last checkpoints. PRECISION (default no) is passed as --mixed_precision; SMOKE=1 runs
-# every stage for 2 steps on 32 clips, to check the chain end to end before paying for it.
+# every stage for 2 steps on 64 clips, to check the chain end to end before paying for it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="$1"; base="$2"; export_dir="$3"
 mkdir -p "$work"
 stages="$here"
-clips() { if [ "${SMOKE:-0}" = 1 ]; then echo 32; else echo "$1"; fi; }
+clips() { if [ "${SMOKE:-0}" = 1 ]; then echo 64; else echo "$1"; fi; }
 if [ "${SMOKE:-0}" = 1 ]; then
   stages="$work/smoke_stages"; mkdir -p "$stages"
   for file in "$here"/stages_*.yaml; do
