@@ -144,6 +144,11 @@ def load_teacher(path: str, student: VideoARTokenizer) -> VideoARTokenizer:
     return teacher
 
 
+def pooled_latent_error(latents: torch.Tensor, teacher_latents: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between `latents`, area-pooled to the teacher's latent grid, and the teacher's latents."""
+    return F.mse_loss(F.adaptive_avg_pool3d(latents.float(), teacher_latents.shape[-3:]), teacher_latents.float())
+
+
 def mix_colours(video_BCTHW: torch.Tensor, prob: float, generator=None) -> torch.Tensor:
     """With probability `prob` per clip, new RGB = M @ RGB in [0, 1] for a random M in [0, 1]^(3x3): a pure red
     becomes any colour, and black stays black. `generator` may be one per clip."""
@@ -204,8 +209,8 @@ class TokenizerTrainer(Trainer):
         loss, parts = self.loss_fn(video, reconstruction, latents, commitment_loss, step, discriminator)
         if self.teacher is not None:
             with torch.no_grad():
-                target = self.teacher.encode(video.to(self.teacher.dtype)).latents.float()
-            teacher_loss = F.mse_loss(F.adaptive_avg_pool3d(latents.float(), target.shape[-3:]), target)
+                target = self.teacher.encode(video.to(self.teacher.dtype)).latents
+            teacher_loss = pooled_latent_error(latents, target)
             loss, parts = loss + self.teacher_weight * teacher_loss, parts | {"teacher": teacher_loss.detach()}
         self.gan_inputs = (video, reconstruction.detach()) if self.loss_fn.gan_active(step) else None
         quality = {"psnr" if num_scales is None else "nested_psnr": psnr(video, reconstruction.detach())}
