@@ -5,6 +5,8 @@
 # long-video shape at 89 %; f = 4 keeps 100 % and 95 % (TUNING.md, sessions 30-32).
 #   bash examples/shapes/recipe_f4.sh WORK_DIR BASE_PIPELINE EXPORT_DIR
 # BASE_PIPELINE gives the transformer to grow and the text encoder, e.g. src/videoar_hf/shipped/videoar-shapes.
+# TOKENIZER=path skips the tokenizer stages and grows the transformer onto that f = 4 tokenizer instead, e.g.
+# examples/shapes/f4-tokenizer (this recipe's stills and clips stages, trained on CPU; TUNING.md, session 35).
 # Re-running continues from the last checkpoints. PRECISION (default no) is passed as --mixed_precision; SMOKE=1 runs
 # every stage for 2 steps on 64 clips, to check the chain end to end before paying for it.
 set -euo pipefail
@@ -31,22 +33,25 @@ tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipli
 tokenizer=(--seed 0 --num_clips "$(clips 100000)" --entropy_weight 0 --foreground_weight 4 --foreground_dilation 2
   --weight_decay 0 --checkpointing_steps 500 --logging_steps 50 --colour_mix_prob 0.3)
 teacher=(--teacher_tokenizer "$base/video_tokenizer" --teacher_weight 1)
-step "tokenizer: stills"
-[ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --tokenizer_config "$tokenizer_config" "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_stills.yaml" --output_dir "$work/tokenizer_stills"
-step "tokenizer: clips"
-[ -d "$work/tokenizer_clips/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_video.yaml" \
-  --output_dir "$work/tokenizer_clips"
-# the decoder alone: the latents stay as they are, held-out PSNR +1.1 dB (TUNING.md, session 31)
-step "tokenizer: decoder"
-[ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-  --pretrained_tokenizer "$work/tokenizer_clips/tokenizer" --train_decoder_only \
-  --stages "$stages/stages_tokenizer_f4_decoder.yaml" --output_dir "$work/tokenizer"
+tokenizer_dir="${TOKENIZER:-$work/tokenizer/tokenizer}"
+if [ ! -d "$tokenizer_dir" ]; then
+  step "tokenizer: stills"
+  [ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+    --tokenizer_config "$tokenizer_config" "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_stills.yaml" --output_dir "$work/tokenizer_stills"
+  step "tokenizer: clips"
+  [ -d "$work/tokenizer_clips/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+    --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_video.yaml" \
+    --output_dir "$work/tokenizer_clips"
+  # the decoder alone: the latents stay as they are, held-out PSNR +1.1 dB (TUNING.md, session 31)
+  step "tokenizer: decoder"
+  [ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
+    --pretrained_tokenizer "$work/tokenizer_clips/tokenizer" --train_decoder_only \
+    --stages "$stages/stages_tokenizer_f4_decoder.yaml" --output_dir "$work/tokenizer"
+fi
 
 # the transformer, grown from the base model's (every weight kept, a 16 x 16 scale added): on the taught tokenizer's
 # first frames it predicts the four coarse scales' bits 85-96 % right before any step (TUNING.md, session 34)
-transformer=(--precompute --checkpointing_steps 400 --logging_steps 25 --tokenizer "$work/tokenizer/tokenizer"
+transformer=(--precompute --checkpointing_steps 400 --logging_steps 25 --tokenizer "$tokenizer_dir"
   --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer")
 step "transformer: stills"
 [ -d "$work/transformer_stills/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
