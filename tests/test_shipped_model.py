@@ -44,16 +44,17 @@ def test_it_loads_in_fp32_with_its_pretrained_text_encoder(shipped):
 
 
 def test_it_follows_the_prompt_s_colour_and_motion(shipped):
-    # training triples and held-out ones, new seeds, through the evaluator (model card: motion 100 %, colour 98-100 %;
-    # squares are read as circles, so shape is not asserted here)
+    # training triples and held-out ones, two of them squares, new seeds, through the evaluator (model card: colour
+    # and motion 98-100 %, shape 90-96 %; the f = 8 model before it read most squares as circles)
     triples = [Triple("red", "circle", "left"), Triple("blue", "square", "down"), HELD_OUT_TRIPLES[2], HELD_OUT_TRIPLES[4]]
     result = evaluate_pipeline(shipped, triples=triples, seeds=[1, 2, 3, 4], progress=False)
     correct = [record["correct"] for record in result["samples"]]
-    assert sum(c["motion"] for c in correct) >= 3 and sum(c["colour"] for c in correct) >= 2, result["samples"]
+    assert sum(c["motion"] for c in correct) >= 3 and sum(c["colour"] for c in correct) >= 3, result["samples"]
+    assert sum(c["shape"] for c in correct) >= 3, result["samples"]
 
 
 def test_it_re_encodes_past_its_trained_length_and_keeps_the_object(shipped):
-    # model card: at 129 frames one object in 100 % of frames, colour kept in 100 %; 33 frames were trained
+    # model card: at 129 frames one object in 99.6 % of frames, colour kept in 99.4 %; 33 frames were trained
     assert shipped.transformer.config.max_latent_frames == 17
     triple, seed = long_suite(1).cases[0]
     video = shipped(prompt_for(triple, seed), num_frames=81, generator=torch.Generator().manual_seed(seed),
@@ -64,13 +65,13 @@ def test_it_re_encodes_past_its_trained_length_and_keeps_the_object(shipped):
 
 
 def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
-    # model card: 33.7 dB on the evaluator's 100 held-out clips; of these 14 real squares at least half read as
-    # squares after the round trip (a decoder shipped before the halo fix: 29.67 dB and none)
+    # model card: 37.2 dB on the evaluator's 100 held-out clips; of these 14 real squares 13 read as squares after the
+    # round trip (the f = 8 tokenizer before it: at least 7; a decoder shipped before the halo fix: none)
     tokenizer = shipped.video_tokenizer
     assert tokenizer_psnr(tokenizer, [reference_clip(*case).video for case in held_out_suite(2).cases]) >= 31
     squares = [reference_clip(*case).video for case in train_suite(48).cases if case[0].shape == "square"]
     shapes = [analyse_clip(reconstruct_clip(tokenizer, clip)).shape for clip in squares]
-    assert len(squares) == 14 and shapes.count("square") >= 7, shapes
+    assert len(squares) == 14 and shapes.count("square") >= 11, shapes
 
 
 def test_the_orange_lora_teaches_it_orange(shipped):

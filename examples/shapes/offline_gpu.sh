@@ -5,6 +5,9 @@
 #   bash examples/shapes/offline_gpu.sh run OUT   # there, from the repository root, with .gpu/ copied along
 # `run` resumes the recipe in outputs/f4 and packs each result into OUT as it is ready (tar files split under 15 MiB,
 # text encoder left out: it is the base model's), so a run stopped at a time limit still returns what it finished.
+# BASE (default: the shipped folder) is the pipeline recipe_f4.sh grows. The shipped run (TUNING.md, session 36) grew
+# the f = 8 model that shipped until 2026-12-04, then in that folder, with TOKENIZER=examples/shapes/f4-tokenizer; both
+# are in commit b137fdb, and the tree that travels must stay under 64 MiB (the shipped f = 8 tokenizer stayed behind).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 gpu="$root/.gpu"
@@ -29,7 +32,7 @@ prepare() {
 }
 
 run() {
-  local out="$1" site=/tmp/videoar_site work="$root/outputs/f4"
+  local out="$1" site=/tmp/videoar_site work="$root/outputs/f4" base="${BASE:-$root/src/videoar_hf/shipped/videoar-shapes}"
   mkdir -p "$out" "$work"
   if [ ! -d $site/diffusers ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target $site "$gpu"/*.whl || return 3
@@ -47,14 +50,13 @@ run() {
   }
   watch() {
     while true; do
-      pack "$work/tokenizer/tokenizer" tokenizer; pack "$work/transformer_clips/pipeline/transformer" clips
+      pack "$work/tokenizer_clips/tokenizer" tokenizer; pack "$work/transformer_clips/pipeline/transformer" clips
       pack "$work/transformer_bounce/pipeline/transformer" bounce; pack "$work/export" export
       cp "$work/times.log" "$out/" 2>/dev/null; sleep 5
     done
   }
   watch & local watcher=$!
-  PRECISION=${PRECISION:-bf16} bash "$root/examples/shapes/recipe_f4.sh" "$work" "$root/src/videoar_hf/shipped/videoar-shapes" \
-    "$work/export" > "$out/log.txt" 2>&1
+  PRECISION=${PRECISION:-bf16} bash "$root/examples/shapes/recipe_f4.sh" "$work" "$base" "$work/export" > "$out/log.txt" 2>&1
   local rc=$?
   kill $watcher; pack "$work/export" export; cp "$work/times.log" "$out/"
   grep -E "Stage|step [0-9]+/[0-9]+ loss|Error|error" "$out/log.txt" | tail -30

@@ -10,11 +10,11 @@ work="${1:-$root/outputs/shapes/orange_lora}"
 base=() train_base=()  # the shipped model, unless a base pipeline folder is given
 if [ -n "${2:-}" ]; then base=(--model "$2"); train_base=(--pretrained_model "$2"); fi
 orange=orange=255,128,0
-# 1000 steps: on the tau-2 base, 600 left orange at 75 % with the loss still falling (TUNING.md, session 24)
-
+# 1000 steps: on the tau-2 base, 600 left orange at 75 % with the loss still falling (TUNING.md, session 24); mostly
+# first frames, as 17-frame clips at f = 4 cost 17 s a step here (session 36)
 [ -d "$work/adapter" ] || python "$root/examples/train_lora.py" "${train_base[@]}" --dataset shapes \
-  --shapes_new_colours "$orange" --shapes_new_colour_share 0.75 --num_clips 64 --precompute --max_train_steps 1000 \
-  --train_batch_size 8 --learning_rate 2e-3 --lr_warmup_steps 20 --rank 16 --seed 0 --mixed_precision no \
+  --shapes_new_colours "$orange" --shapes_new_colour_share 0.75 --num_clips 64 --precompute \
+  --stages "$(dirname "$0")/stages_lora_f4.yaml" --rank 16 --seed 0 --mixed_precision no \
   --report_to tensorboard --checkpointing_steps 100 --resume_from_checkpoint latest \
   --validation_prompts "an orange circle moving left" --output_dir "$work"
 videoar eval "${base[@]}" --new-colours "$orange" --suites train new_colours -o "$work/eval_base"

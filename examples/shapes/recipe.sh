@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole VideoAR-Shapes recipe, CPU, fixed seeds: tokenizer (stills, then clips), transformer, export into the
-# package, evaluation, and the model card's figures.
+# The whole VideoAR-Shapes recipe, fixed seeds: the f = 8 model (tokenizer, stills then clips; transformer), then the
+# f = 4 one grown from it (recipe_f4.sh), the export into the package, evaluation, and the model card's figures.
 # Re-running continues from the last checkpoints, so the recipe can run in parts.
 #   bash examples/shapes/recipe.sh [work_dir]
 set -euo pipefail
@@ -127,8 +127,15 @@ tau2_w8="$work/shapes_tau2_w8"  # shipped until 2026-12-03
   --text_tokenizer "$tau2_w8/tokenizer" --pretrained_transformer "$tau2_w8/transformer" \
   --transformer_config '{"flip_rate_max": 0.05, "flip_rate_delta": 0.005}' \
   --stages "$here/stages_transformer_bounce_tau2_flip.yaml" --output_dir "$work/transformer_bounce_tau2_flip"
-python "$here/export_shipped.py" "$work/transformer_bounce_tau2_flip/pipeline" "$root/src/videoar_hf/shipped/videoar-shapes" \
+f8="$work/shapes_f8"  # shipped until 2026-12-04
+[ -d "$f8" ] || python "$here/export_shipped.py" "$work/transformer_bounce_tau2_flip/pipeline" "$f8" \
   --context_frames 8 --guidance_frames 1
+
+# f = 4: a tokenizer with 16 x 16 latent cells taught by the f = 8 one, and the f = 8 transformer grown onto it (a
+# 16 x 16 scale added): squares keep their corners (TUNING, sessions 30-36). The shipped run made the tokenizer on this
+# CPU (72 min) and the transformer stages on one H200 with PRECISION=bf16 (7.7 min; offline_gpu.sh); from their step
+# times here, the transformer stages would take over a day on this CPU (not run).
+bash "$here/recipe_f4.sh" "$work/f4" "$f8" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
 # the model card's figures and report

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# VideoAR-Shapes at f = 4 (16 x 16 latent cells, tau 2), sized for one GPU: the tokenizer (stills, clips, decoder
-# alone) under the f = 8 one, then the f = 8 transformer grown onto it (first frames, 17-frame clips, bouncing
+# VideoAR-Shapes at f = 4 (16 x 16 latent cells, tau 2), the shipped model since 2026-12-04: the tokenizer (stills, then
+# clips) under the f = 8 one, fp32; then the f = 8 transformer grown onto it (first frames, 17-frame clips, bouncing
 # 33-frame clips), then the bf16 export. Why f = 4: the f = 8 tokenizer alone caps continuation shape at 93 % and
 # long-video shape at 89 %; f = 4 keeps 100 % and 95 % (TUNING.md, sessions 30-32).
 #   bash examples/shapes/recipe_f4.sh WORK_DIR BASE_PIPELINE EXPORT_DIR
-# BASE_PIPELINE gives the transformer to grow and the text encoder, e.g. src/videoar_hf/shipped/videoar-shapes.
-# TOKENIZER=path skips the tokenizer stages and grows the transformer onto that f = 4 tokenizer instead, e.g.
-# examples/shapes/f4-tokenizer (this recipe's stills and clips stages, trained on CPU; TUNING.md, session 35).
-# Re-running continues from the last checkpoints. PRECISION (default no) is passed as --mixed_precision; SMOKE=1 runs
-# every stage for 2 steps on 64 clips, to check the chain end to end before paying for it.
+# BASE_PIPELINE is the f = 8 model (recipe.sh's shapes_f8): its tokenizer teaches, its transformer is grown, its text
+# encoder is kept. The shipped run: the tokenizer stages on a 2-core CPU (24 + 48 minutes), the transformer stages on
+# one H200 with PRECISION=bf16 (7.7 minutes; offline_gpu.sh). TOKENIZER=path skips the tokenizer stages.
+# Re-running continues from the last checkpoints. PRECISION (default no) is passed to the transformer stages as
+# --mixed_precision; SMOKE=1 runs every stage for 2 steps on 64 clips, to check the chain end to end before paying.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -23,17 +23,17 @@ if [ "${SMOKE:-0}" = 1 ]; then
   done
 fi
 step() { echo "[$(date +%T)] $1" | tee -a "$work/times.log"; }
-common=(--dataset shapes --mixed_precision "${PRECISION:-no}" --report_to tensorboard --resume_from_checkpoint latest)
+common=(--dataset shapes --report_to tensorboard --resume_from_checkpoint latest)
 
 # the tokenizer: the recipe's losses, 2 px past the object's edge weighed too, from scratch at f = 4, its latents pooled
 # to 8 x 8 pulled to the base model's f = 8 ones, so its first four scales' bits are the bits the base transformer knows
 tokenizer_config='{"latent_channels": 32, "base_channels": 16, "channel_multipliers": [1, 2, 4], "num_res_blocks": 1,
   "spatial_compression_ratio": 4, "temporal_compression_ratio": 2, "scale_schedule": [1, 2, 4, 8, 16],
   "norm_num_groups": 8, "sample_size": 64}'
-tokenizer=(--seed 0 --num_clips "$(clips 100000)" --entropy_weight 0 --foreground_weight 4 --foreground_dilation 2
-  --weight_decay 0 --checkpointing_steps 500 --logging_steps 50 --colour_mix_prob 0.3)
+tokenizer=(--mixed_precision no --seed 0 --num_clips "$(clips 100000)" --entropy_weight 0 --foreground_weight 4
+  --foreground_dilation 2 --weight_decay 0 --checkpointing_steps 500 --logging_steps 50 --colour_mix_prob 0.3)
 teacher=(--teacher_tokenizer "$base/video_tokenizer" --teacher_weight 1)
-tokenizer_dir="${TOKENIZER:-$work/tokenizer/tokenizer}"
+tokenizer_dir="${TOKENIZER:-$work/tokenizer_clips/tokenizer}"
 if [ ! -d "$tokenizer_dir" ]; then
   step "tokenizer: stills"
   [ -d "$work/tokenizer_stills/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
@@ -42,17 +42,12 @@ if [ ! -d "$tokenizer_dir" ]; then
   [ -d "$work/tokenizer_clips/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
     --pretrained_tokenizer "$work/tokenizer_stills/tokenizer" --reinflate "${teacher[@]}" --stages "$stages/stages_tokenizer_f4_video.yaml" \
     --output_dir "$work/tokenizer_clips"
-  # the decoder alone: the latents stay as they are, held-out PSNR +1.1 dB (TUNING.md, session 31)
-  step "tokenizer: decoder"
-  [ -d "$work/tokenizer/tokenizer" ] || python "$root/examples/train_tokenizer.py" "${common[@]}" "${tokenizer[@]}" \
-    --pretrained_tokenizer "$work/tokenizer_clips/tokenizer" --train_decoder_only \
-    --stages "$stages/stages_tokenizer_f4_decoder.yaml" --output_dir "$work/tokenizer"
 fi
 
 # the transformer, grown from the base model's (every weight kept, a 16 x 16 scale added): on the taught tokenizer's
 # first frames it predicts the four coarse scales' bits 85-96 % right before any step (TUNING.md, session 34)
-transformer=(--precompute --checkpointing_steps 400 --logging_steps 25 --tokenizer "$tokenizer_dir"
-  --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer")
+transformer=(--mixed_precision "${PRECISION:-no}" --precompute --checkpointing_steps 400 --logging_steps 25
+  --tokenizer "$tokenizer_dir" --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer")
 step "transformer: stills"
 [ -d "$work/transformer_stills/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" "${transformer[@]}" \
   --seed 0 --num_clips "$(clips 12288)" --pretrained_transformer "$base/transformer" \
