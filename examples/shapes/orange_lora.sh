@@ -14,7 +14,7 @@ orange=orange=255,128,0
 # first frames, as 17-frame clips at f = 4 cost 17 s a step here (session 36)
 [ -d "$work/adapter" ] || python "$root/examples/train_lora.py" "${train_base[@]}" --dataset shapes \
   --shapes_new_colours "$orange" --shapes_new_colour_share 0.75 --num_clips 64 --precompute \
-  --stages "$(dirname "$0")/stages_lora_f4.yaml" --rank 16 --seed 0 --mixed_precision no \
+  --stages "$root/examples/shapes/stages_lora_f4.yaml" --rank 16 --seed 0 --mixed_precision no \
   --report_to tensorboard --checkpointing_steps 100 --resume_from_checkpoint latest \
   --validation_prompts "an orange circle moving left" --output_dir "$work"
 videoar eval "${base[@]}" --new-colours "$orange" --suites train new_colours -o "$work/eval_base"
