@@ -6,7 +6,7 @@
 #   bash examples/shapes/recipe_f4.sh WORK_DIR BASE_PIPELINE EXPORT_DIR
 # BASE_PIPELINE is the f = 8 model (recipe.sh's shapes_f8): its tokenizer teaches, its transformer is grown, its text
 # encoder is kept. The shipped run: the tokenizer stages on a 2-core CPU (24 + 48 minutes), the transformer stages on
-# one H200 with PRECISION=bf16 (7.7 minutes; offline_gpu.sh). TOKENIZER=path skips the tokenizer stages.
+# one H200 with PRECISION=bf16 (8.3 minutes; offline_gpu.sh). TOKENIZER=path skips the tokenizer stages.
 # Re-running continues from the last checkpoints. PRECISION (default no) is passed to the transformer stages as
 # --mixed_precision; SMOKE=1 runs every stage for 2 steps on 64 clips, to check the chain end to end before paying.
 set -euo pipefail
