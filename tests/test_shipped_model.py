@@ -44,7 +44,7 @@ def test_it_loads_in_fp32_with_its_pretrained_text_encoder(shipped):
 
 
 def test_it_follows_the_prompt_s_colour_and_motion(shipped):
-    # training triples and held-out ones, two of them squares, new seeds, through the evaluator (model card: colour
+    # training triples and held-out ones, three of them squares, new seeds, through the evaluator (model card: colour
     # and motion 98-100 %, shape 90-96 %; the f = 8 model before it read most squares as circles)
     triples = [Triple("red", "circle", "left"), Triple("blue", "square", "down"), HELD_OUT_TRIPLES[2], HELD_OUT_TRIPLES[4]]
     result = evaluate_pipeline(shipped, triples=triples, seeds=[1, 2, 3, 4], progress=False)

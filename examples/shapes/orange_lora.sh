@@ -10,8 +10,8 @@ work="${1:-$root/outputs/shapes/orange_lora}"
 base=() train_base=()  # the shipped model, unless a base pipeline folder is given
 if [ -n "${2:-}" ]; then base=(--model "$2"); train_base=(--pretrained_model "$2"); fi
 orange=orange=255,128,0
-# 1000 steps: on the tau-2 base, 600 left orange at 75 % with the loss still falling (TUNING.md, session 24); mostly
-# first frames, as 17-frame clips at f = 4 cost 17 s a step here (session 36)
+# 1000 steps: on the tau-2 base, 600 left orange at 75 % with the loss still falling (TUNING.md, session 24); why most
+# of them are first frames: stages_lora_f4.yaml
 [ -d "$work/adapter" ] || python "$root/examples/train_lora.py" "${train_base[@]}" --dataset shapes \
   --shapes_new_colours "$orange" --shapes_new_colour_share 0.75 --num_clips 64 --precompute \
   --stages "$root/examples/shapes/stages_lora_f4.yaml" --rank 16 --seed 0 --mixed_precision no \
