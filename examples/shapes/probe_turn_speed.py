@@ -6,7 +6,7 @@ frames after it), or holding no turn with none due ("straight"). Prints, per kin
 over the new frames, and over the first two alone (the first generated latent frame), along the real direction
 (TUNING.md, sessions 26-27).
 
-    python examples/shapes/probe_turn_speed.py [pipeline_folder] [clips_per_kind]
+    python examples/shapes/probe_turn_speed.py [pipeline_folder] [clips_per_kind] [device]
 """
 
 import sys
@@ -67,8 +67,8 @@ def speed_ratios(pipe, cases: list, batch_size: int = 8) -> tuple[np.ndarray, np
     return np.array(overall), np.array(first)
 
 
-def main(model: str, per_kind: int) -> None:
-    pipe = VideoARPipeline.from_pretrained(model)
+def main(model: str, per_kind: int, device: str = "cpu") -> None:
+    pipe = VideoARPipeline.from_pretrained(model).to(device)
     pipe.set_progress_bar_config(disable=True)
     for kind, cases in draw_cases(per_kind).items():
         ratios, first = speed_ratios(pipe, cases)
@@ -77,4 +77,5 @@ def main(model: str, per_kind: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(shipped_model_path()), int(sys.argv[2]) if len(sys.argv) > 2 else 32)
+    args = sys.argv[1:] + [None] * 3
+    main(args[0] or str(shipped_model_path()), int(args[1] or 32), args[2] or "cpu")
