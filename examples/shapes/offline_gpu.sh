@@ -12,7 +12,8 @@
 # `bounce` is TUNING.md's next step for long-video bounce (session 37): stage III again, from BASE alone
 # (stages_transformer_f4_bounce_more.yaml; it moves into recipe_f4.sh if its model ships), the bf16 export, then
 # probe_turn_speed.py and score_long.py on BASE and on the export, and the export's full evaluation, all on the GPU.
-# SMOKE=1 runs the same chain on this CPU for 2 steps on 64 clips.
+# NAME (default more) names its work folder and tar, TRANSFORMER_CONFIG overrides the transformer's config as JSON
+# (e.g. lower flip rates); SMOKE=1 runs the same chain on this CPU for 2 steps on 64 clips.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 gpu="$root/.gpu"
@@ -75,7 +76,9 @@ run() {
 }
 
 bounce() {
-  local out="$1" work="$root/outputs/f4_more" base="${BASE:-$root/src/videoar_hf/shipped/videoar-shapes}"
+  local out="$1" name="${NAME:-more}" base="${BASE:-$root/src/videoar_hf/shipped/videoar-shapes}"
+  local work="$root/outputs/f4_$name" config=()
+  [ -z "${TRANSFORMER_CONFIG:-}" ] || config=(--transformer_config "$TRANSFORMER_CONFIG")
   local here="$root/examples/shapes" clips=8192 device=cuda count=48
   local stages="$here/stages_transformer_f4_bounce_more.yaml"
   if [ "${SMOKE:-0}" = 1 ]; then  # the whole chain on this CPU, in about 6 minutes
@@ -86,15 +89,15 @@ bounce() {
   else
     site || return 3
   fi
-  mkdir -p "$out" "$work"; rm -f /tmp/packed.more
+  mkdir -p "$out" "$work"; rm -f "/tmp/packed.$name"
   { date +%T; python "$root/examples/train_videoar.py" --dataset shapes --report_to tensorboard --resume_from_checkpoint latest \
       --mixed_precision "${PRECISION:-bf16}" --precompute --checkpointing_steps 400 --logging_steps 25 \
       --tokenizer "$base/video_tokenizer" --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer" \
       --pretrained_transformer "$base/transformer" --seed 8 --num_clips $clips --shapes_bounce --shapes_mid_path_share 0.5 \
-      --stages "$stages" --output_dir "$work/transformer" \
+      "${config[@]}" --stages "$stages" --output_dir "$work/transformer" \
     && python "$here/export_shipped.py" "$work/transformer/pipeline" "$work/export" --context_frames 8 --guidance_frames 1
   } > "$out/log.txt" 2>&1 || { tail -20 "$out/log.txt"; return 1; }
-  pack "$work/export" more "$out"
+  pack "$work/export" "$name" "$out"
   for model in "$base" "$work/export"; do
     echo "$model"; python "$here/probe_turn_speed.py" "$model" $((count / 2)) $device
     python "$here/score_long.py" "$model" --count $count --device $device --output "$out/score_$(basename "$model").json"
