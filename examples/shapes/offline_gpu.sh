@@ -13,7 +13,8 @@
 # (stages_transformer_f4_bounce_more.yaml; it moves into recipe_f4.sh if its model ships), the bf16 export, then
 # probe_turn_speed.py and score_long.py on BASE and on the export, and the export's full evaluation, all on the GPU.
 # NAME (default more) names its work folder and tar, TRANSFORMER_CONFIG overrides the transformer's config as JSON
-# (e.g. lower flip rates); SMOKE=1 runs the same chain on this CPU for 2 steps on 64 clips.
+# (e.g. lower flip rates), MID_PATH_SHARE (default 0.5) is the share of clips that start mid-path; SMOKE=1 runs the
+# same chain on this CPU for 2 steps on 64 clips.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 gpu="$root/.gpu"
@@ -93,8 +94,8 @@ bounce() {
   { date +%T; python "$root/examples/train_videoar.py" --dataset shapes --report_to tensorboard --resume_from_checkpoint latest \
       --mixed_precision "${PRECISION:-bf16}" --precompute --checkpointing_steps 400 --logging_steps 25 \
       --tokenizer "$base/video_tokenizer" --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer" \
-      --pretrained_transformer "$base/transformer" --seed 8 --num_clips $clips --shapes_bounce --shapes_mid_path_share 0.5 \
-      "${config[@]}" --stages "$stages" --output_dir "$work/transformer" \
+      --pretrained_transformer "$base/transformer" --seed 8 --num_clips $clips --shapes_bounce \
+      --shapes_mid_path_share "${MID_PATH_SHARE:-0.5}" "${config[@]}" --stages "$stages" --output_dir "$work/transformer" \
     && python "$here/export_shipped.py" "$work/transformer/pipeline" "$work/export" --context_frames 8 --guidance_frames 1
   } > "$out/log.txt" 2>&1 || { tail -20 "$out/log.txt"; return 1; }
   pack "$work/export" "$name" "$out"
