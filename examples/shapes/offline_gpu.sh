@@ -13,8 +13,8 @@
 # (stages_transformer_f4_bounce_more.yaml; it moves into recipe_f4.sh if its model ships), the bf16 export, then
 # probe_turn_speed.py and score_long.py on BASE and on the export, and the export's full evaluation, all on the GPU.
 # NAME (default more) names its work folder and tar, TRANSFORMER_CONFIG overrides the transformer's config as JSON
-# (e.g. lower flip rates), MID_PATH_SHARE (default 0.5) is the share of clips that start mid-path; SMOKE=1 runs the
-# same chain on this CPU for 2 steps on 64 clips.
+# (e.g. lower flip rates), MID_PATH_SHARE (default 0.5) is the share of clips that start mid-path, LEARNING_RATE
+# (default 3.0e-4) the stage's peak learning rate; SMOKE=1 runs the same chain on this CPU for 2 steps on 64 clips.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 gpu="$root/.gpu"
@@ -81,16 +81,16 @@ bounce() {
   local work="$root/outputs/f4_$name" config=()
   [ -z "${TRANSFORMER_CONFIG:-}" ] || config=(--transformer_config "$TRANSFORMER_CONFIG")
   local here="$root/examples/shapes" clips=8192 device=cuda count=48
-  local stages="$here/stages_transformer_f4_bounce_more.yaml"
+  local edits="s/learning_rate: [0-9.e+-]+/learning_rate: ${LEARNING_RATE:-3.0e-4}/"
   if [ "${SMOKE:-0}" = 1 ]; then  # the whole chain on this CPU, in about 6 minutes
     work="$work-smoke" clips=64 device=cpu count=2
-    stages="$work/smoke.yaml"
-    mkdir -p "$work"
-    sed -E 's/steps: [0-9]+/steps: 2/; s/warmup_steps: [0-9]+/warmup_steps: 1/' "$here/stages_transformer_f4_bounce_more.yaml" > "$stages"
+    edits="$edits; s/steps: [0-9]+/steps: 2/; s/warmup_steps: [0-9]+/warmup_steps: 1/"
   else
     site || return 3
   fi
   mkdir -p "$out" "$work"; rm -f "/tmp/packed.$name"
+  local stages="$work/stages.yaml"
+  sed -E "$edits" "$here/stages_transformer_f4_bounce_more.yaml" > "$stages"
   { date +%T; python "$root/examples/train_videoar.py" --dataset shapes --report_to tensorboard --resume_from_checkpoint latest \
       --mixed_precision "${PRECISION:-bf16}" --precompute --checkpointing_steps 400 --logging_steps 25 \
       --tokenizer "$base/video_tokenizer" --text_encoder "$base/text_encoder" --text_tokenizer "$base/tokenizer" \
