@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from attention import attention_section  # noqa: E402
+from frame_bands import frame_bands_section  # noqa: E402
 from loader import loader_section  # noqa: E402
 from stage_one_batching import stage_one_section  # noqa: E402
 from memory_modes import memory_modes_section, peak_rss_mb  # noqa: E402
@@ -507,6 +508,7 @@ def main(argv=None) -> dict:
         ("attention", lambda: attention_section(args.runs)),
         ("loader", loader_section),
         ("stage_one", lambda: stage_one_section(repeats=max(3, args.runs))),
+        ("frame_bands", lambda: frame_bands_section(repeats=max(3, args.runs))),
     ):
         start = time.perf_counter()
         results[name] = section()

@@ -10,6 +10,7 @@ two paths can disagree.
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -58,14 +59,15 @@ class BlockCausalRule:
         exempt = (k_frame == TEXT_BLOCK) | (k_frame >= q_frame)
         return visible & (keep | exempt)
 
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Boolean `(B, 1, stop - start, M)`: the rule on queries `start..stop` against every key."""
+    def rows(self, start: int, stop: int, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean `(B, 1, stop - start, M)`: the rule on queries `start..stop` against every key, or against the
+        key indices `keys` only."""
         B, _, M = self.shape
         device = self.key_valid_BM.device
         b = torch.arange(B, device=device)[:, None, None, None]
         q = torch.arange(start, stop, device=device)[None, None, :, None]
-        k = torch.arange(M, device=device)[None, None, None, :]
-        return self(b, None, q, k).expand(B, 1, stop - start, M)
+        k = (torch.arange(M, device=device) if keys is None else keys)[None, None, None, :]
+        return self(b, None, q, k).expand(B, 1, stop - start, k.shape[-1])
 
     def _row_chunks(self, multiple: int = 1):
         B, N, M = self.shape
@@ -79,19 +81,37 @@ class BlockCausalRule:
         its own size plus a few chunks, not several full-size intermediates. The last dimension is a view of rows
         padded to a multiple of 16 elements."""
         B, N, M = self.shape
-        # rows start on a multiple of 16 elements: SDPA's memory-efficient kernel copies a bias whose strides are not
-        # aligned, in every call, and in training keeps each layer's copy for the backward
-        aligned = -(-M // 16) * 16
-        out = torch.empty((B, 1, N, aligned), dtype=dtype, device=self.key_valid_BM.device)[..., :M]
-        if dtype != torch.bool:
-            zero, low = out.new_zeros(()), out.new_full((), torch.finfo(dtype).min)
+        out = _aligned_empty(B, N, M, dtype, self.key_valid_BM.device)
         for start, stop in self._row_chunks():
-            visible = self.rows(start, stop)
-            if dtype == torch.bool:
-                out[:, :, start:stop] = visible
-            else:
-                torch.where(visible, zero, low, out=out[:, :, start:stop])
+            _fill(out[:, :, start:stop], self.rows(start, stop))
         return out
+
+    def frame_bands(self, dtype: torch.dtype) -> "FrameBands":
+        """The rule split by query frame (the text queries are one band more): each band's queries against the keys
+        any of them may see, with its additive mask in `dtype`. A frame sees no later frame and, with a frame window,
+        no frame before it, so SDPA over the bands skips work that a dense mask computes and then masks out: about
+        half of it for a clip of 17 latent frames in a window of 8 (benchmarks/frame_bands.py)."""
+        B = self.shape[0]
+        device = self.key_valid_BM.device
+        query_frames, query_sizes = torch.unique_consecutive(self.query_frames_N, return_counts=True)
+        key_frames_R, key_sizes_R = torch.unique_consecutive(self.key_frames_M, return_counts=True)
+        key_starts = [0, *torch.cumsum(key_sizes_R, 0).tolist()]
+        masks, key_runs, start = [], [], 0
+        for frame, size in zip(query_frames.tolist(), query_sizes.tolist()):
+            earliest = 0  # the first frame that any sample's queries of this frame keep
+            if frame != TEXT_BLOCK and self.frame_keep_BTT is not None:
+                earliest = int(self.frame_keep_BTT[:, frame, : frame + 1].any(0).nonzero()[0])
+            seen_R = (key_frames_R == TEXT_BLOCK) | ((key_frames_R >= earliest) & (key_frames_R <= frame))
+            runs = None if bool(seen_R.all()) else seen_R.nonzero().squeeze(1).tolist()
+            keys = None if runs is None else torch.cat(
+                [torch.arange(key_starts[r], key_starts[r + 1], device=device) for r in runs])  # fmt: skip
+            visible = self.rows(start, start + size, keys)
+            mask = _aligned_empty(B, size, visible.shape[-1], dtype, device)
+            _fill(mask, visible)
+            masks.append(mask)
+            key_runs.append(runs)
+            start += size
+        return FrameBands(query_sizes.tolist(), key_sizes_R.tolist(), key_runs, masks)
 
     def block_mask(self, block_size: int = FLEX_BLOCK_SIZE):
         """The flex attention `BlockMask` of this rule, with the rule as its `mask_mod`.
@@ -154,6 +174,46 @@ class BlockCausalRule:
             digest.update(f"{tuple(table.shape)}{table.dtype}".encode())
             digest.update(table.detach().contiguous().cpu().numpy().tobytes())
         return str(self.key_valid_BM.device), digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FrameBands:
+    """A `BlockCausalRule` split by query frame (`frame_bands`). The queries are runs of `query_sizes` (the text, then
+    one run per frame), the keys runs of `key_sizes`; band i is query run i against the key runs `key_runs[i]` (`None`:
+    every key), with the mask `masks[i]`, `(B, 1, queries, keys)`."""
+
+    query_sizes: list[int]
+    key_sizes: list[int]
+    key_runs: list[list[int] | None]
+    masks: list[torch.Tensor]
+
+    def attend(self, attention: Callable, q_BHNd: torch.Tensor, k_BHMd: torch.Tensor, v_BHMd: torch.Tensor
+               ) -> torch.Tensor:  # fmt: skip
+        """`attention(q, k, v, mask) -> (B, n, H, d)` over every band, joined into `(B, N, H, d)`. Split, not sliced:
+        the backward of a split is one `cat`, where every slice would fill a zero tensor of the full size."""
+        k_runs, v_runs = k_BHMd.split(self.key_sizes, dim=2), v_BHMd.split(self.key_sizes, dim=2)
+        outputs = []
+        for q, runs, mask in zip(q_BHNd.split(self.query_sizes, dim=2), self.key_runs, self.masks):
+            k, v = (k_BHMd, v_BHMd) if runs is None else (torch.cat([k_runs[r] for r in runs], 2),
+                                                          torch.cat([v_runs[r] for r in runs], 2))  # fmt: skip
+            outputs.append(attention(q, k, v, mask))
+        return torch.cat(outputs, dim=1)
+
+
+def _aligned_empty(B: int, N: int, M: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """An empty `(B, 1, N, M)` mask whose rows start on a multiple of 16 elements: SDPA's memory-efficient kernel
+    copies a bias whose strides are not aligned, in every call, and in training keeps each layer's copy for the
+    backward."""
+    aligned = -(-M // 16) * 16
+    return torch.empty((B, 1, N, aligned), dtype=dtype, device=device)[..., :M]
+
+
+def _fill(out: torch.Tensor, visible: torch.Tensor) -> None:
+    """Write a boolean mask into `out`: as it is, or additive (0 where visible, the dtype's minimum elsewhere)."""
+    if out.dtype == torch.bool:
+        out.copy_(visible)
+    else:
+        torch.where(visible, out.new_zeros(()), out.new_full((), torch.finfo(out.dtype).min), out=out)
 
 
 def _ordered(tiles_BHQK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

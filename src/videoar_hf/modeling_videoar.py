@@ -14,7 +14,14 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.output_capturing import capture_outputs
 
-from .attention_mask import TEXT_BLOCK, BlockCausalRule, BlockMaskCache, frame_window_keep, to_additive_mask
+from .attention_mask import (
+    TEXT_BLOCK,
+    BlockCausalRule,
+    BlockMaskCache,
+    FrameBands,
+    frame_window_keep,
+    to_additive_mask,
+)
 from .cache import VideoARCache
 from .configuration_videoar import VideoARConfig
 from .diffusers_memory import DiffusersMemoryMixin
@@ -126,15 +133,11 @@ class VideoARAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        out_BNHd, attn_weights = attention_interface(
-            self,
-            q,
-            k,
-            v,
-            attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
-            scaling=self.scaling,
-        )
+        kwargs = {"dropout": self.config.attention_dropout if self.training else 0.0, "scaling": self.scaling}
+        if isinstance(attention_mask, FrameBands):  # SDPA: each query frame against the keys it may see
+            out_BNHd = attention_mask.attend(lambda *qkvm: attention_interface(self, *qkvm, **kwargs)[0], q, k, v)
+            return self.o_proj(out_BNHd.reshape(B, N, -1)), None
+        out_BNHd, attn_weights = attention_interface(self, q, k, v, attention_mask, **kwargs)
         return self.o_proj(out_BNHd.reshape(B, N, -1)), attn_weights
 
 
@@ -209,14 +212,17 @@ class VideoARTransformer(VideoARPreTrainedModel):
     A block's input is its next-scale feature map (`ResidualQuantization.scale_inputs`) embedded by a linear layer
     plus a learned scale embedding; frame 0's first block is a learned start token (docs/method.md §3).
 
-    Attention (`attn_implementation`): `"sdpa"` (default) and `"eager"` take the dense block-causal mask, built once
-    per pass in the compute dtype and shared by every layer: `(L + N)^2` elements per sample, 1 GB in bf16 at
-    33x384x672 (22,718 tokens). `"flex_attention"` takes a `BlockMask` of the same rule: kilobytes, and the tiles no
-    query may see (about half) are skipped. It is built once per token layout and kept (`block_mask_cache`), except
-    under a Random Frame Mask, whose table is new every step. torch's flex attention has no backward pass on CPU: a
-    pass that needs gradients there raises; train on CPU with `"sdpa"`. On CPU flex also compiles its kernel for each
-    new shape (seconds), and a cached sampling step, whose queries see every cached key, has no tile to skip: it
-    samples no faster than SDPA (benchmarks/attention.py), so SDPA stays the default.
+    Attention (`attn_implementation`): `"eager"` takes the dense block-causal mask, built once per pass in the
+    compute dtype and shared by every layer: `(L + N)^2` elements per sample, 1 GB in bf16 at 33x384x672 (22,718
+    tokens). `"sdpa"` (default) takes the same rule split by query frame (`FrameBands`): each frame's queries meet
+    only the keys they may see, so no later frame and no frame outside the window is computed and then masked out
+    (1.7x a training step on stage III's clips, benchmarks/frame_bands.py). `"flex_attention"` takes a `BlockMask`
+    of the same rule: kilobytes, and the tiles no query may see (about half) are skipped. It is built once per token
+    layout and kept (`block_mask_cache`), except under a Random Frame Mask, whose table is new every step. torch's
+    flex attention has no backward pass on CPU: a pass that needs gradients there raises; train on CPU with
+    `"sdpa"`. On CPU flex also compiles its kernel for each new shape (seconds), and a cached sampling step, whose
+    queries see every cached key, has no tile to skip: it samples no faster than SDPA (benchmarks/attention.py), so
+    SDPA stays the default.
     """
 
     def __init__(self, config: VideoARConfig):
@@ -542,12 +548,17 @@ class VideoARTransformer(VideoARPreTrainedModel):
     def _attention_mask(self, mask, hidden_BNC: torch.Tensor, reusable: bool):
         """The mask in the form the attention implementation takes, built once for every layer (docs/method.md §3).
 
-        Dense implementations get the additive mask in the compute dtype, not the boolean one: SDPA turns a boolean
-        mask into that form inside every call, and in training keeps one converted copy per layer for the backward."""
+        SDPA and eager get additive masks in the compute dtype, not boolean ones: SDPA turns a boolean mask into that
+        form inside every call, and in training keeps one converted copy per layer for the backward."""
+        device_type = hidden_BNC.device.type
+        # under autocast SDPA would cast an fp32 mask to the autocast dtype in every layer, and keep each copy
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden_BNC.dtype
         if torch.is_tensor(mask):  # a ready boolean mask (the next-token baseline builds its own)
-            return to_additive_mask(mask, hidden_BNC.dtype)
+            return to_additive_mask(mask, dtype)
+        if self.config._attn_implementation == "sdpa" and mask.query_frames_N[0] != mask.query_frames_N[-1]:
+            return mask.frame_bands(dtype)  # several query frames (teacher forcing, a prefill); a sampling step has one
         if self.config._attn_implementation != "flex_attention":
-            return mask.dense(hidden_BNC.dtype)
+            return mask.dense(dtype)
         if hidden_BNC.requires_grad and hidden_BNC.device.type == "cpu":
             raise ValueError(
                 "attn_implementation='flex_attention' cannot train on CPU: torch's flex attention has no backward pass "
