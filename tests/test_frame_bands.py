@@ -1,13 +1,15 @@
 """SDPA runs the block-causal rule one query frame at a time (`BlockCausalRule.frame_bands`): the bands put together
 are the dense mask, and a model over them gives eager attention's logits and gradients (docs/method.md §3)."""
 
+from unittest import mock
+
 import pytest
 import torch
 from test_flex_attention import RULES, clip_rule
 from test_transformer import SCHEDULE, make_clip, run_cached
 
 from videoar_hf import VideoARConfig, VideoARTransformer
-from videoar_hf.attention_mask import frame_window_keep
+from videoar_hf.attention_mask import BlockCausalRule, frame_window_keep
 from videoar_hf.random_frame_mask import random_frame_keep
 
 
@@ -53,7 +55,9 @@ def test_sdpa_bands_train_as_eager_attention(window):
     results = {}
     for implementation in ("eager", "sdpa"):
         model = make_model(implementation, frame_mask_window=window).train()
-        output = model(pyramid.scale_inputs, text, mask, labels=pyramid.bits, frame_keep=frame_keep)
+        with mock.patch.object(BlockCausalRule, "frame_bands", autospec=True, side_effect=BlockCausalRule.frame_bands) as spy:
+            output = model(pyramid.scale_inputs, text, mask, labels=pyramid.bits, frame_keep=frame_keep)
+        assert spy.call_count == (implementation == "sdpa"), "SDPA runs over the bands, once per pass; eager does not"
         output.loss.backward()
         results[implementation] = output.logits, [p.grad for p in model.parameters()]
     torch.testing.assert_close(results["sdpa"][0], results["eager"][0], atol=1e-5, rtol=1e-5)
