@@ -14,9 +14,13 @@ from videoar_hf.random_frame_mask import random_frame_keep
 
 
 def band_keys(bands, num_keys: int) -> list[torch.Tensor]:
+    """The key indices of every band."""
     starts = [0, *torch.cumsum(torch.tensor(bands.key_sizes), 0).tolist()]
-    return [torch.arange(num_keys) if runs is None else torch.cat([torch.arange(starts[r], starts[r + 1]) for r in runs])
-            for runs in bands.key_runs]  # fmt: skip
+
+    def keys(runs):
+        return torch.arange(num_keys) if runs is None else torch.cat([torch.arange(starts[r], starts[r + 1]) for r in runs])
+
+    return [keys(runs) for runs in bands.key_runs]
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -38,7 +42,8 @@ def test_bands_skip_later_frames_and_frames_outside_the_window():
     text, frame_tokens = 6, 85
     assert bands.query_sizes == [text] + [frame_tokens] * 4
     assert bands.key_runs == [[0], [0, 1], [0, 1, 2], [0, 2, 3], [0, 3, 4]]
-    assert [len(keys) for keys in band_keys(bands, rule.shape[2])] == [text, text + frame_tokens] + [text + 2 * frame_tokens] * 3
+    lengths = [len(keys) for keys in band_keys(bands, rule.shape[2])]
+    assert lengths == [text, text + frame_tokens] + [text + 2 * frame_tokens] * 3
     assert bands.masks[-1].stride(-2) % 16 == 0, "rows aligned, as the dense mask's"
 
 
@@ -55,7 +60,8 @@ def test_sdpa_bands_train_as_eager_attention(window):
     results = {}
     for implementation in ("eager", "sdpa"):
         model = make_model(implementation, frame_mask_window=window).train()
-        with mock.patch.object(BlockCausalRule, "frame_bands", autospec=True, side_effect=BlockCausalRule.frame_bands) as spy:
+        bands = BlockCausalRule.frame_bands
+        with mock.patch.object(BlockCausalRule, "frame_bands", autospec=True, side_effect=bands) as spy:
             output = model(pyramid.scale_inputs, text, mask, labels=pyramid.bits, frame_keep=frame_keep)
         assert spy.call_count == (implementation == "sdpa"), "SDPA runs over the bands, once per pass; eager does not"
         output.loss.backward()
