@@ -18,7 +18,9 @@ def band_keys(bands, num_keys: int) -> list[torch.Tensor]:
     starts = [0, *torch.cumsum(torch.tensor(bands.key_sizes), 0).tolist()]
 
     def keys(runs):
-        return torch.arange(num_keys) if runs is None else torch.cat([torch.arange(starts[r], starts[r + 1]) for r in runs])
+        if runs is None:
+            return torch.arange(num_keys)
+        return torch.cat([torch.arange(starts[r], starts[r + 1]) for r in runs])
 
     return [keys(runs) for runs in bands.key_runs]
 
