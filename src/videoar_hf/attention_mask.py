@@ -287,5 +287,6 @@ def frame_window_keep(batch_size: int, num_frames: int, window: int | None, devi
 def to_additive_mask(mask_B1NM: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where visible, the dtype's minimum elsewhere: the form eager and SDPA take, filled in place (a boolean mask
     handed to SDPA is converted to this inside every call, and kept once per layer for the backward)."""
-    out = torch.zeros(mask_B1NM.shape, dtype=dtype, device=mask_B1NM.device)
-    return out.masked_fill_(mask_B1NM.logical_not(), torch.finfo(dtype).min)
+    out = torch.empty(mask_B1NM.shape, dtype=dtype, device=mask_B1NM.device)
+    _fill(out, mask_B1NM)
+    return out

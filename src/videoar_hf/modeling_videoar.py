@@ -559,7 +559,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
             return mask.frame_bands(dtype)  # several query frames (teacher forcing, a prefill); a sampling step has one
         if self.config._attn_implementation != "flex_attention":
             return mask.dense(dtype)
-        if hidden_BNC.requires_grad and hidden_BNC.device.type == "cpu":
+        if hidden_BNC.requires_grad and device_type == "cpu":
             raise ValueError(
                 "attn_implementation='flex_attention' cannot train on CPU: torch's flex attention has no backward pass "
                 "there. Use attn_implementation='sdpa' (`model.set_attn_implementation('sdpa')`) to train on CPU, run "
