@@ -3,11 +3,13 @@
 chosen without looking at the acceptance numbers: case i is the long suite's triple cycle at index i and seed
 50,000 + i, for i from START (default 50, past the suite's 50). Prints the long suite's frame scores, bounce split by
 axis, and writes every case's scores to OUTPUT as JSON, to pair two models case by case (TUNING.md, session 37); with BASELINE,
-such a JSON of another model on the same cases, it also prints the paired differences and their standard errors.
+such a JSON of another model on the same cases (or a `videoar eval` metrics.json, whose long suite is cases 0-49), it
+also prints the paired differences and their standard errors.
 
     python examples/shapes/score_long.py MODEL [--start 50] [--count 24] [--device cuda] [--output scores.json]
     python examples/shapes/score_long.py MODEL --kwargs '{"context_frames": 12}'   # pipeline call arguments
     python examples/shapes/score_long.py MODEL --baseline shipped.json   # paired with shipped.json's cases
+    python examples/shapes/score_long.py MODEL --start 0 --count 50 --baseline model_cards/assets/videoar-shapes-metrics.json
 """
 
 import argparse
@@ -28,7 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="e.g. cuda (default: where the pipeline loads).")
     parser.add_argument("--kwargs", default="{}", help="Extra pipeline call arguments, as JSON.")
     parser.add_argument("--output", default=None, help="Where the per-case JSON goes (default: not written).")
-    parser.add_argument("--baseline", default=None, help="Another model's per-case JSON on the same cases, to pair.")
+    parser.add_argument("--baseline", default=None, help="Another model's per-case JSON or metrics.json, to pair.")
     args = parser.parse_args()
     kwargs = json.loads(args.kwargs)
 
@@ -50,21 +52,28 @@ def main() -> None:
                       **{k: round(metrics[k], 4) for k in ("bounce", "shape_kept", "colour_kept", "one_object",
                                                              "first_error_frame")},
                       **{f"bounce_{axis}": round(float(v), 4) for axis, v in by_axis.items()}}))  # fmt: skip
-    records = [{"seed": s["seed"], **s["target"], **s["frames"]} for s in samples]
+    records = as_records(samples)
     if args.output:
         with open(args.output, "w") as file:
             json.dump(records, file)
     if args.baseline:
         with open(args.baseline) as file:
-            print(json.dumps(paired(records, json.load(file))))
+            baseline = json.load(file)
+        if isinstance(baseline, dict):  # a metrics.json: its long suite's cases
+            baseline = as_records(baseline["suites"]["long"]["samples"])
+        print(json.dumps(paired(records, baseline)))
+
+
+def as_records(samples: list[dict]) -> list[dict]:
+    return [{"seed": s["seed"], **s["target"], **s["frames"]} for s in samples]
 
 
 def paired(records: list[dict], baseline: list[dict]) -> dict:
     """Mean difference and its standard error, case by case, of the scores a candidate moves most; squares apart,
     the shape the finest scale rounds first."""
     base = {record["seed"]: record for record in baseline}
-    if sorted(base) != sorted(record["seed"] for record in records):
-        raise ValueError("--baseline must score the same cases (the same --start and --count).")
+    if any(record["seed"] not in base for record in records):
+        raise ValueError("--baseline must score every case scored here (the same or a wider --start .. --count).")
     result = {}
     for key in ("bounce", "shape_kept", "colour_kept"):
         diff = np.array([record[key] - base[record["seed"]][key] for record in records])
