@@ -2,9 +2,9 @@
 """Score a model's long bouncing videos on prompts the evaluator's long suite does not use, so that a candidate can be
 chosen without looking at the acceptance numbers: case i is the long suite's triple cycle at index i and seed
 50,000 + i, for i from START (default 50, past the suite's 50). Prints the long suite's frame scores, bounce split by
-axis, and writes every case's scores to OUTPUT as JSON, to pair two models case by case (TUNING.md, session 37); with BASELINE,
-such a JSON of another model on the same cases (or a `videoar eval` metrics.json, whose long suite is cases 0-49), it
-also prints the paired differences and their standard errors.
+axis, and writes every case's scores to OUTPUT as JSON, to pair two models case by case (TUNING.md, session 37). With
+BASELINE, such a JSON of another model (or a `videoar eval` metrics.json, whose long suite is cases 0-49), it also
+prints the paired differences and their standard errors.
 
     python examples/shapes/score_long.py MODEL [--start 50] [--count 24] [--device cuda] [--output scores.json]
     python examples/shapes/score_long.py MODEL --kwargs '{"context_frames": 12}'   # pipeline call arguments
