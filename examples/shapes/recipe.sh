@@ -133,8 +133,8 @@ f8="$work/shapes_f8"  # shipped until 2026-12-04
 
 # f = 4: a tokenizer with 16 x 16 latent cells taught by the f = 8 one, and the f = 8 transformer grown onto it (a
 # 16 x 16 scale added): squares keep their corners (TUNING, sessions 30-36). The shipped run made the tokenizer on this
-# CPU (72 min) and the transformer stages on one H200 with PRECISION=bf16 (8.3 min; offline_gpu.sh); from their step
-# times here, the transformer stages would take over a day on this CPU (not run).
+# CPU (72 min), the first three transformer stages on one H200 with PRECISION=bf16 (8.3 min; offline_gpu.sh; from
+# their step times here, over a day on this CPU, not run) and the last, gentle one here with PRECISION=bf16 (1 h 51 min).
 bash "$here/recipe_f4.sh" "$work/f4" "$f8" "$root/src/videoar_hf/shipped/videoar-shapes"
 videoar eval --model "$root/src/videoar_hf/shipped/videoar-shapes" -o "$work/eval"
 
