@@ -67,12 +67,12 @@ step "transformer: bouncing clips"
 # long videos re-encode 8 latent frames to start each window, and only the first latent frame is guided, as for the
 # f = 8 model (TUNING.md, sessions 20 and 23)
 export_options=(--context_frames 8 --guidance_frames 1)
+gpu_export="$work/shapes_f4_gpu"  # shipped on 2026-12-04
 step "export of the GPU stages"
-[ -d "$work/shapes_f4_gpu" ] || python "$here/export_shipped.py" "$work/transformer_bounce/pipeline" "$work/shapes_f4_gpu" "${export_options[@]}"
+[ -d "$gpu_export" ] || python "$here/export_shipped.py" "$work/transformer_bounce/pipeline" "$gpu_export" "${export_options[@]}"
 
 # stage III once more from that bf16 export, gently (lr 5e-5) on the 2-core CPU, half the clips mid-path: long bounce
-# 68.4 -> 73.6 %, long shape kept 89.6 -> 91.1 % (TUNING.md, sessions 39-42); run as --mixed_precision bf16
-gpu_export="$work/shapes_f4_gpu"
+# 68.4 -> 73.6 %, long shape kept 89.6 -> 91.1 % (TUNING.md, sessions 39-42)
 step "transformer: bouncing clips, gently"
 [ -d "$work/transformer_bounce_cpu/pipeline" ] || python "$root/examples/train_videoar.py" "${common[@]}" \
   --mixed_precision "${PRECISION:-no}" --precompute --checkpointing_steps 20 --logging_steps 5 \
