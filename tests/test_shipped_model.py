@@ -75,7 +75,7 @@ def test_its_tokenizer_meets_the_psnr_target_and_keeps_squares_square(shipped):
 
 
 def test_the_orange_lora_teaches_it_orange(shipped):
-    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 0 % -> 92 %): a colour the base never saw
+    # the LoRA demonstration (examples/shapes/orange-lora/README.md: orange 0 % -> 90 %): a colour the base never saw
     palette = {**COLOURS, "orange": (255, 128, 0)}
     cases = (("circle", "right"), ("triangle", "up"), ("square", "down"))
     triples = [Triple("orange", shape, motion) for shape, motion in cases]
