@@ -275,13 +275,18 @@ def block_causal_mask(
     ).dense()
 
 
-def frame_window_keep(batch_size: int, num_frames: int, window: int | None, device=None) -> torch.Tensor | None:
-    """`(B, T, T)` keep table that lets frame t see only frames `t - window .. t`; `None` when unlimited."""
-    if window is None:
+def frame_window_keep(batch_size: int, num_frames: int, window: int | None, device=None,
+                      sample_windows_B: torch.Tensor | None = None) -> torch.Tensor | None:  # fmt: skip
+    """`(B, T, T)` keep table that lets frame t see only frames `t - window .. t`; `None` when unlimited.
+    `sample_windows_B` narrows it per sample: sample b sees frames `t - sample_windows_B[b] .. t` at most."""
+    if window is None and sample_windows_B is None:
         return None
     t = torch.arange(num_frames, device=device)
-    keep = (t[:, None] - t[None, :]) <= window
-    return keep[None].expand(batch_size, -1, -1)
+    lag_TT = t[:, None] - t[None, :]
+    keep = (lag_TT <= (num_frames if window is None else window))[None].expand(batch_size, -1, -1)
+    if sample_windows_B is not None:
+        keep = keep & (lag_TT[None] <= sample_windows_B.to(device)[:, None, None])
+    return keep
 
 
 def to_additive_mask(mask_B1NM: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -15,9 +15,11 @@ class VideoARCache(Cache):
     model's class token) and the first block together.
     """
 
-    def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]]):
+    def __init__(self, num_layers: int, scale_sizes: list[tuple[int, int]], sample_windows: torch.Tensor | None = None):
         super().__init__(layers=[DynamicLayer() for _ in range(num_layers)])
         self.scale_sizes = [tuple(size) for size in scale_sizes]
+        # (B,) past latent frames each sample may see, inside the model's own window (history guidance); None: all
+        self.sample_windows = sample_windows
         self.num_blocks = 0
         self.token_blocks: torch.Tensor | None = None  # (M,) block index, TEXT_BLOCK for text
         self.token_frames: torch.Tensor | None = None  # (M,)
@@ -48,6 +50,8 @@ class VideoARCache(Cache):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only the samples `indices`, e.g. the conditional half once classifier-free guidance is over."""
         super().batch_select_indices(indices)
+        if self.sample_windows is not None:
+            self.sample_windows = self.sample_windows[indices.to(self.sample_windows.device)]
         if not self.is_empty:
             self.token_valid, self.text_lengths = self.token_valid[indices], self.text_lengths[indices]
 

@@ -1,5 +1,7 @@
 """Configuration of the VideoAR transformer."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -40,6 +42,11 @@ class VideoARConfig(PreTrainedConfig):
             pass. The pipeline's `guidance_frames` when a call does not give it. `None`: every frame is guided, as in
             the paper. Later frames continue the video, and guiding them can push them off it (on Shapes, it rounds
             squares). *(our choice, §8)*
+        history_guidance_scale: history guidance (not in the paper, docs/method.md §8): the pipeline's
+            `history_guidance_scale` when a call does not give it. Each latent frame is also predicted from the last
+            `history_frames` latent frames only, and the logits move away from that prediction by this factor: a
+            number, or one per scale (coarse to fine). `1.0`: off, with no extra pass. *(our choice, §8)*
+        history_frames: past latent frames the short-history branch of history guidance sees. *(our choice, §8)*
         rope_theta: RoPE base.
         rope_axes_dim: head dimensions given to the (time, height, width) axes of Multi-scale Temporal RoPE; must be
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.
@@ -82,6 +89,8 @@ class VideoARConfig(PreTrainedConfig):
     max_latent_frames: int | None = None
     context_frames: int | None = None
     guidance_frames: int | None = None
+    history_guidance_scale: float | list[float] = 1.0
+    history_frames: int = 1
     error_correction: bool = True
     flip_rate_min: float = 0.0
     flip_rate_max: float = 0.25
@@ -149,6 +158,12 @@ class VideoARConfig(PreTrainedConfig):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"`{field}` must be None or a positive integer, got {value!r}.")
+        scales = self.history_guidance_scale if isinstance(self.history_guidance_scale, list) else [self.history_guidance_scale]
+        if not scales or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scales):
+            raise ValueError(f"`history_guidance_scale` must be a finite number or a list of them, one per scale, got "
+                             f"{self.history_guidance_scale!r}.")  # fmt: skip
+        if not isinstance(self.history_frames, int) or isinstance(self.history_frames, bool) or self.history_frames < 0:
+            raise ValueError(f"`history_frames` must be an integer >= 0, got {self.history_frames!r}.")
         if None not in (self.context_frames, self.max_latent_frames) and self.context_frames >= self.max_latent_frames:
             raise ValueError(
                 f"`context_frames` ({self.context_frames}) must be below `max_latent_frames` ({self.max_latent_frames}): "
@@ -204,7 +219,7 @@ CHOICES = {
 # weights: a later stage may give a pretrained model new values (docs/method.md §7, stage III)
 TRAINING_FIELDS = ("error_correction", "flip_rate_min", "flip_rate_max", "flip_rate_delta", "flip_rate_inheritance",
                    "frame_mask_prob", "frame_mask_window", "loss_scale_weighting", "context_frames",
-                   "guidance_frames")  # fmt: skip
+                   "guidance_frames", "history_guidance_scale", "history_frames")  # fmt: skip
 
 # fields whose default differs from what configs saved before the field existed were trained with
 SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}

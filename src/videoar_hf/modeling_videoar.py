@@ -267,9 +267,11 @@ class VideoARTransformer(VideoARPreTrainedModel):
         self.scale_embed = nn.Embedding.from_pretrained(grown, freeze=not self.scale_embed.weight.requires_grad)
         self.config.scale_schedule = new
 
-    def init_cache(self, latent_height: int, latent_width: int) -> VideoARCache:
-        """An empty KV cache for sampling a video on a `latent_height x latent_width` grid."""
-        return VideoARCache(self.config.num_hidden_layers, self.scale_sizes(latent_height, latent_width))
+    def init_cache(self, latent_height: int, latent_width: int, sample_windows: torch.Tensor | None = None) -> VideoARCache:
+        """An empty KV cache for sampling a video on a `latent_height x latent_width` grid. `sample_windows` `(B,)`:
+        the past latent frames each sample may attend to, inside `config.frame_mask_window` (the short-history branch
+        of history guidance); every frame of the window by default."""
+        return VideoARCache(self.config.num_hidden_layers, self.scale_sizes(latent_height, latent_width), sample_windows)
 
     @capture_outputs
     def forward(
@@ -380,7 +382,7 @@ class VideoARTransformer(VideoARPreTrainedModel):
         if window is not None and scale == 0:
             cache.drop_frames_before(frame - window)  # out of every later token's sight: memory stays flat
         cache.append_tokens(blocks_N, frames_N, valid_BN, num_blocks=len(blocks[0]) * len(blocks[1]))
-        frame_keep = frame_window_keep(B, frame + len(blocks[0]), window, device=self.device)
+        frame_keep = frame_window_keep(B, frame + len(blocks[0]), window, self.device, cache.sample_windows)
         rule = BlockCausalRule(
             blocks_N, frames_N, cache.token_blocks, cache.token_frames, cache.token_valid, frame_keep, self._causal_text
         )

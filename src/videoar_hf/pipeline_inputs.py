@@ -69,6 +69,12 @@ def check_scalars(o: dict) -> None:
             "callback_on_step_end_tensor_inputs", inputs, "a list of names")  # fmt: skip
     for name in ("context_frames", "guidance_frames"):
         require(o[name] is None or (is_int(o[name]) and o[name] >= 1), name, o[name], "None or a positive integer")
+    history = o["history_guidance_scale"]
+    require(history is None or is_finite_number(history) or (isinstance(history, (list, tuple)) and len(history) > 0
+            and all(is_finite_number(x) for x in history)), "history_guidance_scale", history,
+            "None, a finite number or a list of them, one per scale")  # fmt: skip
+    require(o["history_frames"] is None or (is_int(o["history_frames"]) and o["history_frames"] >= 0), "history_frames",
+            o["history_frames"], "None or an integer >= 0")  # fmt: skip
 
 
 def check_next_prompts(next_prompts, num_frames: int, tau: int, has_prompt: bool) -> None:
@@ -169,14 +175,14 @@ def available_memory_bytes(device: torch.device) -> int | None:
 
 
 def sampling_bytes(pipe, batch: int, num_latent_frames: int, latent_size: tuple[int, int], text_length: int,
-                   guidance: bool, decode_frames: int) -> int:  # fmt: skip
+                   branches: int, decode_frames: int) -> int:  # fmt: skip
     """A generous estimate of the memory one call needs: the KV cache, the latents, and the decode."""
     config = pipe.transformer.config
     scale_sizes = pipe.transformer.scale_sizes(*latent_size)
     tokens_per_frame = sum(h * w for h, w in scale_sizes)
     window = config.frame_mask_window
     cached_frames = num_latent_frames if window is None else min(num_latent_frames, window + 1)
-    rows = batch * (2 if guidance else 1)
+    rows = batch * branches  # conditional, unconditional, short history
     element = pipe.transformer.dtype.itemsize
     kv_cache = 2 * config.num_hidden_layers * rows * (text_length + cached_frames * tokens_per_frame) * config.hidden_size * element
     latents = batch * config.latent_bits * num_latent_frames * latent_size[0] * latent_size[1] * 4
@@ -210,12 +216,15 @@ def check_memory(pipe, o: dict, batch: int) -> None:
     latent_size = (o["height"] // f, o["width"] // f)
     text_length = o["max_sequence_length"] or getattr(pipe.tokenizer, "model_max_length", 512)
     text_length = min(text_length, 512) if o["prompt_embeds"] is None else o["prompt_embeds"].shape[1]
-    guidance = True  # counted as on: a table may still turn it on
+    history = o["history_guidance_scale"]
+    history = getattr(pipe.transformer.config, "history_guidance_scale", 1.0) if history is None else history
+    # guidance is counted as on (a table or a callback may still turn it on); the short-history branch when asked for
+    branches = 2 + bool((np.asarray(history) != 1).any())
     chunk = o["decode_chunk_size"]
 
     def need(num_frames: int, videos: int) -> int:
         decoded = 0 if o["output_type"] == "latent" else num_frames if chunk is None else min(num_frames, 1 + tau * chunk)
-        return sampling_bytes(pipe, videos, 1 + (num_frames - 1) // tau, latent_size, text_length, guidance, decoded)
+        return sampling_bytes(pipe, videos, 1 + (num_frames - 1) // tau, latent_size, text_length, branches, decoded)
 
     num_frames = o["num_frames"]
     if need(num_frames, batch) <= free:

@@ -442,8 +442,9 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
             raise ValueError(f"The conditioning frames fill {given_bits[0].shape[1]} latent frames, more than the "
                              f"{window} the model was trained on (`transformer.config.max_latent_frames`).")  # fmt: skip
         guidance_frames = o["guidance_frames"] or self.transformer.config.guidance_frames
+        history = self._history_guidance(o, num_scales)
         sampling = _Sampling(batch, num_latent_frames, latent_size, prefixes, given_bits, device, o, window, context,
-                             guidance_frames)  # fmt: skip
+                             guidance_frames, history)  # fmt: skip
         if sampling.is_windowed and o["output_type"] == "latent":
             raise ValueError("`output_type='latent'` is not available when the video is re-encoded between windows "
                              "(longer than `transformer.config.max_latent_frames`, or with `next_prompts`).")  # fmt: skip
@@ -452,6 +453,17 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                  zip(plan[1:], [f + c for f, c in plan])]  # fmt: skip
         self._num_timesteps = sum(passes(count, g, num_scales) for (_, count), g in zip(plan, given))
         return sampling
+
+    def _history_guidance(self, o: dict, num_scales: int) -> tuple[torch.Tensor, int] | None:
+        """`(scale per scale (K,), short history in latent frames)` of history guidance, or None when it is off."""
+        config = self.transformer.config
+        scale = config.history_guidance_scale if o["history_guidance_scale"] is None else o["history_guidance_scale"]
+        frames = config.history_frames if o["history_frames"] is None else o["history_frames"]
+        scales_K = torch.tensor([scale] * num_scales if is_finite_number(scale) else scale, dtype=torch.float32)
+        if scales_K.shape != (num_scales,):
+            raise ValueError(f"`history_guidance_scale` must be a number or one per scale ({num_scales} at this size), "
+                             f"got {len(scales_K)}.")  # fmt: skip
+        return None if bool((scales_K == 1).all()) else (scales_K, frames)
 
     @property
     def is_class_conditional(self) -> bool:
@@ -501,29 +513,41 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         """Sample the frames of one window, scale after scale, one transformer call each, on a fresh cache; after
         each latent frame, yield all the window's `latents` `(B, d, T', h, w)` (frames not sampled yet are zeros)."""
         o, quantizer = s.options, self.video_tokenizer.quantizer
-        cache = self.transformer.init_cache(*s.latent_size)
+        # the batch holds branches of `s.batch` rows: conditional, unconditional while guided, short history
+        guided, history = self.do_classifier_free_guidance, s.history_guidance
+        prefix, windows_B = w.prefix, None
+        if history is not None:  # the short-history branch: the prompt again, seeing `history_frames` past frames
+            prefix = {name: torch.cat([value, value[: s.batch]]) for name, value in prefix.items()}
+            windows_B = torch.full((_rows(prefix),), w.num_frames, device=s.device)
+            windows_B[-s.batch :] = history[1]
+        cache = self.transformer.init_cache(*s.latent_size, sample_windows=windows_B)
         scale_sizes = cache.scale_sizes
         latents = torch.zeros(s.batch, quantizer.latent_bits, w.num_frames, *s.latent_size, device=s.device)
-        scale_input, guided, prefix = None, self.do_classifier_free_guidance, w.prefix
+        scale_input = None
         with self._lora_scale(o["attention_kwargs"]["scale"]):
             if w.num_given:  # known frames go through the cache in one pass, as a prompt is prefilled
-                scale_input = self._prefill_given(cache, latents, w)
+                scale_input = self._prefill_given(cache, latents, w, prefix)
                 progress_bar.update(w.num_given * len(scale_sizes))
                 for _ in range(w.num_given):
                     yield latents
             for frame in range(w.num_given, w.num_frames):
-                if guided and not s.is_guided(w.first_frame + frame):  # guidance is over: drop the unconditional half
-                    guided, prefix = False, {name: value[: s.batch] for name, value in prefix.items()}
-                    cache.batch_select_indices(torch.arange(s.batch, device=s.device))
+                if guided and not s.is_guided(w.first_frame + frame):  # guidance is over: drop the unconditional rows
+                    rows = torch.cat([torch.arange(s.batch), torch.arange(2 * s.batch, _rows(prefix))]).to(s.device)
+                    guided, prefix = False, {name: value[rows] for name, value in prefix.items()}
+                    cache.batch_select_indices(rows)
+                branches = 1 + guided + (history is not None)
                 for scale, size in enumerate(scale_sizes):
                     if self.interrupt:
                         return
-                    model_input = None if scale_input is None else scale_input.repeat(1 + guided, 1, 1, 1)
-                    logits = self.transformer(model_input, cache=cache, **prefix).logits.float()
+                    model_input = None if scale_input is None else scale_input.repeat(branches, 1, 1, 1)
+                    logits_by_branch = self.transformer(model_input, cache=cache, **prefix).logits.float().chunk(branches)
+                    logits = cond = logits_by_branch[0]
                     if guided:
-                        cond, uncond = logits.chunk(2)
+                        uncond = logits_by_branch[1]
                         guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
+                    if history is not None:
+                        logits = logits + (history[0][scale].item() - 1) * (cond - logits_by_branch[-1])
                     bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
                     bits_BhwD = bits.reshape(s.batch, *size, -1)
                     next_size = scale_sizes[(scale + 1) % len(scale_sizes)]  # after the last scale: the next frame
@@ -541,9 +565,10 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                     progress_bar.update()
                 yield latents
 
-    def _prefill_given(self, cache, latents, w: "_Window") -> torch.Tensor:
-        """Run the window's given frames (conditioning or re-encoded) through the cache in one transformer pass,
-        writing their features into `latents`; return the input of the first block to sample."""
+    def _prefill_given(self, cache, latents, w: "_Window", prefix: dict) -> torch.Tensor:
+        """Run the window's given frames (conditioning or re-encoded) through the cache in one transformer pass, for
+        every branch of `prefix`, writing their features into `latents`; return the input of the first block to
+        sample."""
         quantizer, scale_sizes = self.video_tokenizer.quantizer, cache.scale_sizes
         inputs = [torch.zeros(latents.shape[0], 1, latents.shape[1], device=latents.device)]  # the start token
         for frame in range(w.num_given):
@@ -552,7 +577,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 latents[:, :, frame], next_input = quantizer.accumulate(latents[:, :, frame], w.given_bits[scale][:, frame], next_size)
                 inputs.append(next_input.flatten(1, 2))
         packed = torch.cat(inputs[:-1], dim=1)
-        self.transformer(packed.repeat(1 + self.do_classifier_free_guidance, 1, 1), cache=cache, **w.prefix)
+        self.transformer(packed.repeat(_rows(prefix) // latents.shape[0], 1, 1), cache=cache, **prefix)
         return inputs[-1].unflatten(1, scale_sizes[0])
 
     def _decoded_frames(self, s: "_Sampling") -> Iterator[torch.Tensor]:
@@ -619,6 +644,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         next_prompts: list[tuple[int, str]] | None = None,
         context_frames: int | None = None,
         guidance_frames: int | None = None,
+        history_guidance_scale: float | list[float] | None = None,
+        history_frames: int | None = None,
         class_labels: int | str | list[int | str] | None = None,
     ) -> VideoARPipelineOutput | tuple:
         """Generate videos.
@@ -665,6 +692,14 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 and again from each of `next_prompts`; later frames are sampled without it (scale 1), and without the
                 unconditional pass. By default `transformer.config.guidance_frames`; when that is None too, every
                 frame is guided. A number at least the video's latent frames guides them all.
+            history_guidance_scale: history guidance (not in the paper, docs/method.md §8): each latent frame is also
+                predicted from a short history, the last `history_frames` latent frames only, and the logits move
+                away from that prediction, `logits + (scale - 1) * (full history - short history)`, so what the
+                longer past says (where an object has been going) outweighs the prompt. A number, or one per scale
+                (coarse to fine); 1 turns it off and skips the extra pass. By default
+                `transformer.config.history_guidance_scale`.
+            history_frames: past latent frames the short-history branch sees; by default
+                `transformer.config.history_frames`.
         """
         options = {name: value for name, value in locals().items() if name != "self"}
         sampling = self._prepare_sampling(options)
@@ -736,7 +771,8 @@ class _Sampling:
     later prompt; `window` is the
     most latent frames one pass of the cache may hold (`transformer.config.max_latent_frames`, None: no limit) and
     `context` the latent frames re-encoded from the end of one window to start the next; `guidance_frames` counts
-    the guided latent frames from each prompt's first frame (None: all)."""
+    the guided latent frames from each prompt's first frame (None: all); `history_guidance` is `(scale per scale,
+    short history in latent frames)`, or None when off."""
 
     batch: int
     num_latent_frames: int
@@ -748,6 +784,7 @@ class _Sampling:
     window: int | None = None
     context: int = 1
     guidance_frames: int | None = None
+    history_guidance: tuple[torch.Tensor, int] | None = None
 
     def prompt_at(self, frame: int) -> tuple[int, dict]:
         """`(first latent frame, prefix arguments)` of the prompt that latent `frame` is sampled under."""
@@ -776,6 +813,11 @@ class _Window:
     @property
     def num_given(self) -> int:
         return self.given_bits[0].shape[1] if self.given_bits else 0
+
+
+def _rows(prefix: dict) -> int:
+    """Batch rows of the transformer's prefix arguments: every branch of every video."""
+    return len(next(iter(prefix.values())))
 
 
 def _repeat_text(states, mask, repeats: int, device):
