@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Store a trained pipeline in bf16 (half the bytes; `from_pretrained` loads it as fp32) into the package folder;
-`--context_frames` and `--guidance_frames` set the transformer's sampling defaults for long videos
-(`VideoARConfig.context_frames`, `VideoARConfig.guidance_frames`).
+`--context_frames`, `--guidance_frames`, `--history_guidance_scale` and `--history_frames` set the transformer's
+sampling defaults (the `VideoARConfig` fields of those names).
 
     python examples/shapes/export_shipped.py outputs/shapes/transformer/pipeline src/videoar_hf/shipped/videoar-shapes
 """
@@ -12,10 +12,12 @@ import torch
 
 from videoar_hf import VideoARPipeline
 
+SAMPLING_DEFAULTS = {"context_frames": int, "guidance_frames": int, "history_guidance_scale": float, "history_frames": int}
 
-def main(source: str, target: str, context_frames: int | None = None, guidance_frames: int | None = None) -> None:
+
+def main(source: str, target: str, **sampling_defaults) -> None:
     pipe = VideoARPipeline.from_pretrained(source)
-    for field, value in (("context_frames", context_frames), ("guidance_frames", guidance_frames)):
+    for field, value in sampling_defaults.items():
         if value is not None:
             setattr(pipe.transformer.config, field, value)
     pipe.transformer.config.validate()
@@ -29,7 +31,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="the trained pipeline folder")
     parser.add_argument("target", help="where the bf16 copy goes")
-    parser.add_argument("--context_frames", type=int, default=None, help="the transformer's default context")
-    parser.add_argument("--guidance_frames", type=int, default=None, help="the transformer's default guided frames")
-    args = parser.parse_args()
-    main(args.source, args.target, args.context_frames, args.guidance_frames)
+    for field, kind in SAMPLING_DEFAULTS.items():
+        parser.add_argument(f"--{field}", type=kind, default=None, help=f"the transformer's default `{field}`")
+    args = vars(parser.parse_args())
+    main(args.pop("source"), args.pop("target"), **args)
