@@ -33,6 +33,18 @@ def test_generate_stream_reports_each_latent_frame_and_writes_the_same_video(mod
     assert (iio.imread(tmp_path / "whole.gif") == iio.imread(tmp_path / "streamed.gif")).all()
 
 
+def test_generate_history_guidance_flags_reach_the_pipeline(model_dir, tmp_path):
+    common = ["a red circle moving left", "--model", str(model_dir), "--num-frames", "13", "--seed", "3"]
+    assert main(["generate", *common, "-o", str(tmp_path / "default.gif")]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "off.gif"), "--history-guidance-scale", "1"]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "guided.gif"), "--history-guidance-scale", "4",
+                 "--history-frames", "1"]) == 0  # fmt: skip
+    default, off, guided = (iio.imread(tmp_path / f"{name}.gif") for name in ("default", "off", "guided"))
+    assert (default == off).all(), "1 is the tiny model's default: guidance off"
+    assert not (default == guided).all()
+    assert (default[:5] == guided[:5]).all(), "the first two latent frames have no history to weigh"
+
+
 def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypatch):
     import videoar_hf.shipped_model as shipped
 
@@ -50,6 +62,8 @@ def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypa
         (["-o", "/nonexistent-dir/clip.mp4"], "does not exist"),
         (["--num-frames", "8"], "num_frames"),
         (["--top-p", "0"], "top_p"),
+        (["--history-guidance-scale", "nan"], "history_guidance_scale"),
+        (["--history-frames", "-1"], "--history-frames"),
         (["--guidance-scale", "loud"], "guidance_scale"),
         (["--model", "/no/such/model/dir"], "--model"),
         (["--fps", "0"], "--fps"),

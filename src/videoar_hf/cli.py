@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=non_negative_int, default=0, help="Per-bit top-k; 0 disables it, 1 is greedy.")
     gen.add_argument("--top-p", type=float, default=1.0, help="Per-bit top-p in (0, 1].")
     gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature, > 0.")
+    gen.add_argument("--history-guidance-scale", type=float, default=None,
+                     help="Weight of the long history against the last --history-frames latent frames; 1 is off "
+                     "(default: the model's config).")
+    gen.add_argument("--history-frames", type=non_negative_int, default=None,
+                     help="Latent frames the short history branch sees (default: the model's config).")
     gen.add_argument("--fps", type=positive_int, default=8,
                      help="Frames per second of the output file, and of the frames read from --video (default: 8).")
     given = gen.add_mutually_exclusive_group()
@@ -289,6 +294,8 @@ def generate(args: argparse.Namespace) -> Path:
         top_k=args.top_k,
         top_p=args.top_p,
         temperature=args.temperature,
+        history_guidance_scale=args.history_guidance_scale,
+        history_frames=args.history_frames,
         generator=torch.Generator().manual_seed(args.seed),
     )
     try:
