@@ -59,6 +59,24 @@ def test_same_seed_same_video_and_different_seed_different_video(tiny_pipe):
     assert not np.array_equal(a, c)
 
 
+def test_top_p_defaults_to_the_config_and_a_call_overrides_it(tiny_pipe, tmp_path, monkeypatch):
+    sampled, greedy = generate(tiny_pipe, seed=5), generate(tiny_pipe, seed=5, top_k=1)
+    assert not torch.equal(sampled, greedy)
+    monkeypatch.setattr(tiny_pipe.transformer.config, "top_p", 0.5)  # every bit's likelier value has p >= 0.5
+    assert torch.equal(generate(tiny_pipe, seed=5), greedy)
+    assert torch.equal(generate(tiny_pipe, seed=5, top_p=1.0), sampled)
+    tiny_pipe.save_pretrained(tmp_path)
+    assert VideoARPipeline.from_pretrained(tmp_path).transformer.config.top_p == 0.5
+
+
+@pytest.mark.parametrize("top_p", [0.0, 1.5, float("nan"), True])
+def test_a_bad_config_top_p_is_named(top_p):
+    from videoar_hf import VideoARConfig
+
+    with pytest.raises(Exception, match="top_p"):
+        VideoARConfig.from_preset("tiny", top_p=top_p)
+
+
 def test_batch_with_generator_list_equals_prompts_one_by_one(tiny_pipe):
     prompts = ["a red circle moving left", "a white triangle slides up quickly"]
     batched = tiny_pipe(

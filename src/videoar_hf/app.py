@@ -120,12 +120,13 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
     default_resolution = sample_size if sample_size in resolutions else resolutions[-1]
     tau = pipe.video_tokenizer.config.temporal_compression_ratio
     default_frames = 17 if 17 in frame_counts else frame_counts[-1]
+    default_top_p = pipe.transformer.config.top_p
     videos = Path(tempfile.mkdtemp(prefix="videoar-demo-"))
 
     # inputs arrive unprocessed (`preprocess=False`), so a wrong type from the API gets a message naming it; every
     # argument has a default, so the API marks only the prompt as required
     def generate(prompt, negative_prompt="", num_frames=default_frames, resolution=default_resolution, seed=0,
-                 randomize_seed=True, guidance_scale=4.0, top_k=0, top_p=1.0, image=None, then_prompt="",
+                 randomize_seed=True, guidance_scale=4.0, top_k=0, top_p=default_top_p, image=None, then_prompt="",
                  then_from_frame=None, progress=gr.Progress(track_tqdm=True)):  # fmt: skip
         try:
             num_frames = _number("frames", num_frames, integer=True, low=1, high=limits.max_frames)
@@ -183,7 +184,7 @@ def build_demo(pipe: VideoARPipeline, limits: DemoLimits = DemoLimits(), gpu: Ca
                     randomize_seed = gr.Checkbox(value=True, label="Randomize seed")
                     guidance_scale = gr.Slider(1.0, 10.0, value=4.0, step=0.5, label="Guidance scale")
                     top_k = gr.Slider(0, 2, value=0, step=1, label="Top-k per bit (0: off)")
-                    top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p per bit")
+                    top_p = gr.Slider(0.05, 1.0, value=default_top_p, step=0.05, label="Top-p per bit")
                 run = gr.Button("Generate", variant="primary")
             with gr.Column():
                 preview = gr.Image(label="Latest frame", interactive=False, height=320)

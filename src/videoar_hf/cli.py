@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="A number, or a schedule name: text-to-video (5 -> 3, default) or class-conditional.",
     )
     gen.add_argument("--top-k", type=non_negative_int, default=0, help="Per-bit top-k; 0 disables it, 1 is greedy.")
-    gen.add_argument("--top-p", type=float, default=1.0, help="Per-bit top-p in (0, 1].")
+    gen.add_argument("--top-p", type=float, default=None, help="Per-bit top-p in (0, 1] (default: the model's config).")
     gen.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature, > 0.")
     gen.add_argument("--history-guidance-scale", type=float, default=None,
                      help="Weight of the long history against the last --history-frames latent frames; 1 is off "

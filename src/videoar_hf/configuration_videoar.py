@@ -47,6 +47,9 @@ class VideoARConfig(PreTrainedConfig):
             `history_frames` latent frames only, and the logits move away from that prediction by this factor: a
             number, or one per scale (coarse to fine). `1.0`: off, with no extra pass. *(our choice, §8)*
         history_frames: past latent frames the short-history branch of history guidance sees. *(our choice, §8)*
+        top_p: the pipeline's per-bit `top_p` when a call does not give it: a bit whose likelier value has at least
+            this probability takes that value, and the others are sampled. `1.0`: every bit is sampled. *(our
+            choice)*
         rope_theta: RoPE base.
         rope_axes_dim: head dimensions given to the (time, height, width) axes of Multi-scale Temporal RoPE; must be
             even and sum to the head dimension. Default: equal thirds, time takes the remainder *(our choice, §4)*.
@@ -91,6 +94,7 @@ class VideoARConfig(PreTrainedConfig):
     guidance_frames: int | None = None
     history_guidance_scale: float | list[float] = 1.0
     history_frames: int = 1
+    top_p: float = 1.0
     error_correction: bool = True
     flip_rate_min: float = 0.0
     flip_rate_max: float = 0.25
@@ -162,6 +166,8 @@ class VideoARConfig(PreTrainedConfig):
         if not scales or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in scales):
             raise ValueError(f"`history_guidance_scale` must be a finite number or a list of them, one per scale, got "
                              f"{self.history_guidance_scale!r}.")  # fmt: skip
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must be a number in (0, 1], got {self.top_p!r}.")
         if not isinstance(self.history_frames, int) or isinstance(self.history_frames, bool) or self.history_frames < 0:
             raise ValueError(f"`history_frames` must be an integer >= 0, got {self.history_frames!r}.")
         if None not in (self.context_frames, self.max_latent_frames) and self.context_frames >= self.max_latent_frames:
@@ -219,7 +225,7 @@ CHOICES = {
 # weights: a later stage may give a pretrained model new values (docs/method.md §7, stage III)
 TRAINING_FIELDS = ("error_correction", "flip_rate_min", "flip_rate_max", "flip_rate_delta", "flip_rate_inheritance",
                    "frame_mask_prob", "frame_mask_window", "loss_scale_weighting", "context_frames",
-                   "guidance_frames", "history_guidance_scale", "history_frames")  # fmt: skip
+                   "guidance_frames", "history_guidance_scale", "history_frames", "top_p")  # fmt: skip
 
 # fields whose default differs from what configs saved before the field existed were trained with
 SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}

@@ -48,7 +48,8 @@ def check_scalars(o: dict) -> None:
     require(is_int(o["num_videos_per_prompt"]) and o["num_videos_per_prompt"] >= 1, "num_videos_per_prompt",
             o["num_videos_per_prompt"], "a positive integer")  # fmt: skip
     require(is_int(o["top_k"]) and o["top_k"] >= 0, "top_k", o["top_k"], "an integer >= 0 (0 disables it)")
-    require(is_finite_number(o["top_p"]) and 0 < o["top_p"] <= 1, "top_p", o["top_p"], "a number in (0, 1]")
+    require(o["top_p"] is None or (is_finite_number(o["top_p"]) and 0 < o["top_p"] <= 1), "top_p", o["top_p"],
+            "None or a number in (0, 1]")  # fmt: skip
     require(is_finite_number(o["temperature"]) and o["temperature"] > 0, "temperature", o["temperature"], "a finite number > 0")
     require(o["max_sequence_length"] is None or (is_int(o["max_sequence_length"]) and o["max_sequence_length"] >= 1),
             "max_sequence_length", o["max_sequence_length"], "None or a positive integer")  # fmt: skip

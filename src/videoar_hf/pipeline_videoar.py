@@ -388,6 +388,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         and the given frames. The one place that reads the arguments."""
         size = self.video_tokenizer.config.sample_size
         o = {**o, "height": size if o["height"] is None else o["height"], "width": size if o["width"] is None else o["width"]}
+        o["top_p"] = self.transformer.config.top_p if o["top_p"] is None else o["top_p"]
         if isinstance(o["callback_on_step_end"], (PipelineCallback, MultiPipelineCallbacks)):
             o["callback_on_step_end_tensor_inputs"] = o["callback_on_step_end"].tensor_inputs
         o["callback_on_step_end_tensor_inputs"] = o["callback_on_step_end_tensor_inputs"] or []
@@ -625,7 +626,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         num_videos_per_prompt: int = 1,
         guidance_scale: float | str | list | torch.Tensor | None = None,
         top_k: int = 0,
-        top_p: float = 1.0,
+        top_p: float | None = None,
         temperature: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         image: Any = None,
@@ -660,7 +661,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 (falls 5 -> 3) or `"class-conditional"` (rises 1 -> 5 -> 10) (docs/method.md §8); by default the one
                 for the kind of model.
                 Guidance runs the conditional and unconditional batch in one forward pass; a constant 1 skips it.
-            top_k, top_p, temperature: per-bit sampling, see `sample_bits`. `top_k=0` and `top_p=1` disable them.
+            top_k, top_p, temperature: per-bit sampling, see `sample_bits`. `top_k=0` and `top_p=1` disable them;
+                `top_p=None` takes `transformer.config.top_p`.
             generator: a generator, or one per video for per-video reproducibility.
             image, video: conditioning frames (image-to-video, video continuation). They are encoded by the causal
                 tokenizer and the model continues from them; their count must be `1 + k * temporal_compression_ratio`.
