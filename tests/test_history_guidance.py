@@ -46,6 +46,21 @@ def test_the_short_history_branch_rides_in_the_batch_beside_guidance(pipe):
     assert not torch.allclose(frames, generate(pipe, guidance_frames=1))
 
 
+def test_history_guidance_start_leaves_earlier_frames_and_windows_alone(pipe):
+    default = generate(pipe, guidance_frames=1)
+    batches = watch_batches(pipe)
+    # from the first re-encoded window on: the first window runs without the branch and draws the default's frames
+    later = generate(pipe, guidance_frames=1, history_guidance_scale=2.0, history_guidance_start=3)
+    assert batches == [2] * 3 + [1] * 6 + ([3] + [2] * 6) * 3
+    torch.testing.assert_close(later[:, :9], default[:, :9])  # latent frames 0-2
+    assert not torch.allclose(later[:, 9:], default[:, 9:])
+    # from inside a window: frame 3 rides beside the branch unguided, frame 4 is guided
+    pipe.transformer.config.history_guidance_start = 4
+    inside = generate(pipe, guidance_frames=1, history_guidance_scale=2.0)
+    torch.testing.assert_close(inside[:, :13], default[:, :13])  # latent frames 0-3
+    assert not torch.allclose(inside[:, 13:17], default[:, 13:17])
+
+
 def test_the_short_branch_sees_only_history_frames_past_frames(pipe):
     transformer = pipe.transformer
     scale_inputs = [torch.randn(2, 4, h, h, 8) for h in (1, 2, 4)]
@@ -114,6 +129,7 @@ def test_the_models_config_gives_the_default_and_a_call_overrides_it(pipe):
         ({"history_guidance_scale": [2.0, 2.0]}, "one per scale"),
         ({"history_frames": -1}, "history_frames"),
         ({"history_frames": 1.5}, "history_frames"),
+        ({"history_guidance_start": -2}, "history_guidance_start"),
     ],
 )
 def test_bad_arguments_are_named(pipe, kwargs, match):
@@ -122,7 +138,8 @@ def test_bad_arguments_are_named(pipe, kwargs, match):
 
 
 @pytest.mark.parametrize("field, value", [("history_guidance_scale", float("inf")), ("history_guidance_scale", True),
-                                          ("history_frames", -1), ("history_frames", 2.0)])  # fmt: skip
+                                          ("history_frames", -1), ("history_frames", 2.0),
+                                          ("history_guidance_start", -1)])  # fmt: skip
 def test_bad_config_fields_are_named(field, value):
     with pytest.raises(Exception, match=field):  # huggingface_hub's strict-dataclass errors, or ours
         VideoARConfig.from_preset("tiny", **{field: value})
@@ -131,6 +148,7 @@ def test_bad_config_fields_are_named(field, value):
 def test_the_fields_survive_a_save(tmp_path, pipe):
     pipe.transformer.config.history_guidance_scale = [2.0, 2.0, 1.0]
     pipe.transformer.config.history_frames = 2
+    pipe.transformer.config.history_guidance_start = 5
     pipe.save_pretrained(tmp_path)
     config = VideoARConfig.from_pretrained(tmp_path / "transformer")
-    assert (config.history_guidance_scale, config.history_frames) == ([2.0, 2.0, 1.0], 2)
+    assert (config.history_guidance_scale, config.history_frames, config.history_guidance_start) == ([2.0, 2.0, 1.0], 2, 5)

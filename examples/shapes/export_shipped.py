@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Store a trained pipeline in bf16 (half the bytes; `from_pretrained` loads it as fp32) into the package folder;
-`--context_frames`, `--guidance_frames`, `--history_guidance_scale`, `--history_frames` and `--top_p` set the
-transformer's sampling defaults (the `VideoARConfig` fields of those names).
+`--context_frames`, `--guidance_frames`, `--history_guidance_scale`, `--history_frames`, `--history_guidance_start`
+and `--top_p` set the transformer's sampling defaults (the `VideoARConfig` fields of those names).
 
     python examples/shapes/export_shipped.py outputs/shapes/transformer/pipeline src/videoar_hf/shipped/videoar-shapes
 """
@@ -13,7 +13,7 @@ import torch
 from videoar_hf import VideoARPipeline
 
 SAMPLING_DEFAULTS = {"context_frames": int, "guidance_frames": int, "history_guidance_scale": float, "history_frames": int,
-                     "top_p": float}
+                     "history_guidance_start": int, "top_p": float}
 
 
 def main(source: str, target: str, **sampling_defaults) -> None:

@@ -47,6 +47,9 @@ class VideoARConfig(PreTrainedConfig):
             `history_frames` latent frames only, and the logits move away from that prediction by this factor: a
             number, or one per scale (coarse to fine). `1.0`: off, with no extra pass. *(our choice, §8)*
         history_frames: past latent frames the short-history branch of history guidance sees. *(our choice, §8)*
+        history_guidance_start: the first latent frame sampled with history guidance; a window of frames before it
+            skips the branch. `max_latent_frames` guides only the frames past the trained length, which are sampled
+            after frame re-encoding. *(our choice, §8)*
         top_p: the pipeline's per-bit `top_p` when a call does not give it: a bit whose likelier value has at least
             this probability takes that value, and the others are sampled. `1.0`: every bit is sampled. *(our
             choice)*
@@ -94,6 +97,7 @@ class VideoARConfig(PreTrainedConfig):
     guidance_frames: int | None = None
     history_guidance_scale: float | list[float] = 1.0
     history_frames: int = 1
+    history_guidance_start: int = 0
     top_p: float = 1.0
     error_correction: bool = True
     flip_rate_min: float = 0.0
@@ -168,8 +172,10 @@ class VideoARConfig(PreTrainedConfig):
                              f"{self.history_guidance_scale!r}.")  # fmt: skip
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise ValueError(f"`top_p` must be a number in (0, 1], got {self.top_p!r}.")
-        if not isinstance(self.history_frames, int) or isinstance(self.history_frames, bool) or self.history_frames < 0:
-            raise ValueError(f"`history_frames` must be an integer >= 0, got {self.history_frames!r}.")
+        for field in ("history_frames", "history_guidance_start"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"`{field}` must be an integer >= 0, got {value!r}.")
         if None not in (self.context_frames, self.max_latent_frames) and self.context_frames >= self.max_latent_frames:
             raise ValueError(
                 f"`context_frames` ({self.context_frames}) must be below `max_latent_frames` ({self.max_latent_frames}): "
@@ -225,7 +231,8 @@ CHOICES = {
 # weights: a later stage may give a pretrained model new values (docs/method.md §7, stage III)
 TRAINING_FIELDS = ("error_correction", "flip_rate_min", "flip_rate_max", "flip_rate_delta", "flip_rate_inheritance",
                    "frame_mask_prob", "frame_mask_window", "loss_scale_weighting", "context_frames",
-                   "guidance_frames", "history_guidance_scale", "history_frames", "top_p")  # fmt: skip
+                   "guidance_frames", "history_guidance_scale", "history_frames",
+                   "history_guidance_start", "top_p")  # fmt: skip
 
 # fields whose default differs from what configs saved before the field existed were trained with
 SAVED_BEFORE_THE_FIELD = {"text_attention": "bidirectional", "loss_scale_weighting": "uniform"}

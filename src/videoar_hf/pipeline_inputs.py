@@ -74,8 +74,8 @@ def check_scalars(o: dict) -> None:
     require(history is None or is_finite_number(history) or (isinstance(history, (list, tuple)) and len(history) > 0
             and all(is_finite_number(x) for x in history)), "history_guidance_scale", history,
             "None, a finite number or a list of them, one per scale")  # fmt: skip
-    require(o["history_frames"] is None or (is_int(o["history_frames"]) and o["history_frames"] >= 0), "history_frames",
-            o["history_frames"], "None or an integer >= 0")  # fmt: skip
+    for name in ("history_frames", "history_guidance_start"):
+        require(o[name] is None or (is_int(o[name]) and o[name] >= 0), name, o[name], "None or an integer >= 0")
 
 
 def check_next_prompts(next_prompts, num_frames: int, tau: int, has_prompt: bool) -> None:

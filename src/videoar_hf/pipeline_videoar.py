@@ -455,16 +455,18 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         self._num_timesteps = sum(passes(count, g, num_scales) for (_, count), g in zip(plan, given))
         return sampling
 
-    def _history_guidance(self, o: dict, num_scales: int) -> tuple[torch.Tensor, int] | None:
-        """`(scale per scale (K,), short history in latent frames)` of history guidance, or None when it is off."""
+    def _history_guidance(self, o: dict, num_scales: int) -> tuple[torch.Tensor, int, int] | None:
+        """`(scale per scale (K,), short history in latent frames, first guided latent frame)` of history guidance, or
+        None when it is off."""
         config = self.transformer.config
         scale = config.history_guidance_scale if o["history_guidance_scale"] is None else o["history_guidance_scale"]
         frames = config.history_frames if o["history_frames"] is None else o["history_frames"]
+        start = config.history_guidance_start if o["history_guidance_start"] is None else o["history_guidance_start"]
         scales_K = torch.tensor([scale] * num_scales if is_finite_number(scale) else scale, dtype=torch.float32)
         if scales_K.shape != (num_scales,):
             raise ValueError(f"`history_guidance_scale` must be a number or one per scale ({num_scales} at this size), "
                              f"got {len(scales_K)}.")  # fmt: skip
-        return None if bool((scales_K == 1).all()) else (scales_K, frames)
+        return None if bool((scales_K == 1).all()) else (scales_K, frames, start)
 
     @property
     def is_class_conditional(self) -> bool:
@@ -516,6 +518,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         o, quantizer = s.options, self.video_tokenizer.quantizer
         # the batch holds branches of `s.batch` rows: conditional, unconditional while guided, short history
         guided, history = self.do_classifier_free_guidance, s.history_guidance
+        if history is not None and w.first_frame + w.num_frames <= history[2]:  # no frame here is history-guided
+            history = None
         prefix, windows_B = w.prefix, None
         if history is not None:  # the short-history branch: the prompt again, seeing `history_frames` past frames
             prefix = {name: torch.cat([value, value[: s.batch]]) for name, value in prefix.items()}
@@ -547,7 +551,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                         uncond = logits_by_branch[1]
                         guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
-                    if history is not None:
+                    if history is not None and w.first_frame + frame >= history[2]:
                         logits = logits + (history[0][scale].item() - 1) * (cond - logits_by_branch[-1])
                     bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
                     bits_BhwD = bits.reshape(s.batch, *size, -1)
@@ -647,6 +651,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         guidance_frames: int | None = None,
         history_guidance_scale: float | list[float] | None = None,
         history_frames: int | None = None,
+        history_guidance_start: int | None = None,
         class_labels: int | str | list[int | str] | None = None,
     ) -> VideoARPipelineOutput | tuple:
         """Generate videos.
@@ -702,6 +707,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                 `transformer.config.history_guidance_scale`.
             history_frames: past latent frames the short-history branch sees; by default
                 `transformer.config.history_frames`.
+            history_guidance_start: the first latent frame sampled with history guidance; by default
+                `transformer.config.history_guidance_start`.
         """
         options = {name: value for name, value in locals().items() if name != "self"}
         sampling = self._prepare_sampling(options)
@@ -774,7 +781,7 @@ class _Sampling:
     most latent frames one pass of the cache may hold (`transformer.config.max_latent_frames`, None: no limit) and
     `context` the latent frames re-encoded from the end of one window to start the next; `guidance_frames` counts
     the guided latent frames from each prompt's first frame (None: all); `history_guidance` is `(scale per scale,
-    short history in latent frames)`, or None when off."""
+    short history in latent frames, first guided latent frame)`, or None when off."""
 
     batch: int
     num_latent_frames: int
@@ -786,7 +793,7 @@ class _Sampling:
     window: int | None = None
     context: int = 1
     guidance_frames: int | None = None
-    history_guidance: tuple[torch.Tensor, int] | None = None
+    history_guidance: tuple[torch.Tensor, int, int] | None = None
 
     def prompt_at(self, frame: int) -> tuple[int, dict]:
         """`(first latent frame, prefix arguments)` of the prompt that latent `frame` is sampled under."""
