@@ -39,10 +39,13 @@ def test_generate_history_guidance_flags_reach_the_pipeline(model_dir, tmp_path)
     assert main(["generate", *common, "-o", str(tmp_path / "off.gif"), "--history-guidance-scale", "1"]) == 0
     assert main(["generate", *common, "-o", str(tmp_path / "guided.gif"), "--history-guidance-scale", "4",
                  "--history-frames", "1"]) == 0  # fmt: skip
-    default, off, guided = (iio.imread(tmp_path / f"{name}.gif") for name in ("default", "off", "guided"))
+    assert main(["generate", *common, "-o", str(tmp_path / "late.gif"), "--history-guidance-scale", "4",
+                 "--history-frames", "1", "--history-guidance-start", "3"]) == 0  # fmt: skip
+    default, off, guided, late = (iio.imread(tmp_path / f"{name}.gif") for name in ("default", "off", "guided", "late"))
     assert (default == off).all(), "1 is the tiny model's default: guidance off"
     assert not (default == guided).all()
     assert (default[:5] == guided[:5]).all(), "the first two latent frames have no history to weigh"
+    assert (default[:9] == late[:9]).all() and not (default[9:] == late[9:]).all(), "guided from latent frame 3 on"
 
 
 def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypatch):
@@ -64,6 +67,7 @@ def test_generate_without_any_model_says_it_is_random(tmp_path, capsys, monkeypa
         (["--top-p", "0"], "top_p"),
         (["--history-guidance-scale", "nan"], "history_guidance_scale"),
         (["--history-frames", "-1"], "--history-frames"),
+        (["--history-guidance-start", "-1"], "--history-guidance-start"),
         (["--guidance-scale", "loud"], "guidance_scale"),
         (["--model", "/no/such/model/dir"], "--model"),
         (["--fps", "0"], "--fps"),

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the model's config).")
     gen.add_argument("--history-frames", type=non_negative_int, default=None,
                      help="Latent frames the short history branch sees (default: the model's config).")
+    gen.add_argument("--history-guidance-start", type=non_negative_int, default=None,
+                     help="First latent frame sampled with history guidance (default: the model's config).")
     gen.add_argument("--fps", type=positive_int, default=8,
                      help="Frames per second of the output file, and of the frames read from --video (default: 8).")
     given = gen.add_mutually_exclusive_group()
@@ -296,6 +298,7 @@ def generate(args: argparse.Namespace) -> Path:
         temperature=args.temperature,
         history_guidance_scale=args.history_guidance_scale,
         history_frames=args.history_frames,
+        history_guidance_start=args.history_guidance_start,
         generator=torch.Generator().manual_seed(args.seed),
     )
     try:
