@@ -6,7 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import PIL.Image
@@ -455,9 +455,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         self._num_timesteps = sum(passes(count, g, num_scales) for (_, count), g in zip(plan, given))
         return sampling
 
-    def _history_guidance(self, o: dict, num_scales: int) -> tuple[torch.Tensor, int, int] | None:
-        """`(scale per scale (K,), short history in latent frames, first guided latent frame)` of history guidance, or
-        None when it is off."""
+    def _history_guidance(self, o: dict, num_scales: int) -> "_HistoryGuidance | None":
+        """The call's history guidance, from its arguments or the transformer's config; None when it is off."""
         config = self.transformer.config
         scale = config.history_guidance_scale if o["history_guidance_scale"] is None else o["history_guidance_scale"]
         frames = config.history_frames if o["history_frames"] is None else o["history_frames"]
@@ -466,7 +465,7 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         if scales_K.shape != (num_scales,):
             raise ValueError(f"`history_guidance_scale` must be a number or one per scale ({num_scales} at this size), "
                              f"got {len(scales_K)}.")  # fmt: skip
-        return None if bool((scales_K == 1).all()) else (scales_K, frames, start)
+        return None if bool((scales_K == 1).all()) else _HistoryGuidance(scales_K, frames, start)
 
     @property
     def is_class_conditional(self) -> bool:
@@ -518,13 +517,13 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
         o, quantizer = s.options, self.video_tokenizer.quantizer
         # the batch holds branches of `s.batch` rows: conditional, unconditional while guided, short history
         guided, history = self.do_classifier_free_guidance, s.history_guidance
-        if history is not None and w.first_frame + w.num_frames <= history[2]:  # no frame here is history-guided
+        if history is not None and w.first_frame + w.num_frames <= history.start:  # no frame here is history-guided
             history = None
         prefix, windows_B = w.prefix, None
         if history is not None:  # the short-history branch: the prompt again, seeing `history_frames` past frames
             prefix = {name: torch.cat([value, value[: s.batch]]) for name, value in prefix.items()}
             windows_B = torch.full((_rows(prefix),), w.num_frames, device=s.device)
-            windows_B[-s.batch :] = history[1]
+            windows_B[-s.batch :] = history.frames
         cache = self.transformer.init_cache(*s.latent_size, sample_windows=windows_B)
         scale_sizes = cache.scale_sizes
         latents = torch.zeros(s.batch, quantizer.latent_bits, w.num_frames, *s.latent_size, device=s.device)
@@ -551,8 +550,8 @@ class VideoARPipeline(DiffusionPipeline, VideoARLoraLoaderMixin):
                         uncond = logits_by_branch[1]
                         guidance = self._current_guidance(w.first_frame + frame, scale, s.num_latent_frames, len(scale_sizes))
                         logits = uncond + guidance * (cond - uncond)
-                    if history is not None and w.first_frame + frame >= history[2]:
-                        logits = logits + (history[0][scale].item() - 1) * (cond - logits_by_branch[-1])
+                    if history is not None and w.first_frame + frame >= history.start:
+                        logits = logits + (history.scales_K[scale].item() - 1) * (cond - logits_by_branch[-1])
                     bits = sample_bits(logits, o["top_k"], o["top_p"], o["temperature"], o["generator"])
                     bits_BhwD = bits.reshape(s.batch, *size, -1)
                     next_size = scale_sizes[(scale + 1) % len(scale_sizes)]  # after the last scale: the next frame
@@ -780,8 +779,7 @@ class _Sampling:
     later prompt; `window` is the
     most latent frames one pass of the cache may hold (`transformer.config.max_latent_frames`, None: no limit) and
     `context` the latent frames re-encoded from the end of one window to start the next; `guidance_frames` counts
-    the guided latent frames from each prompt's first frame (None: all); `history_guidance` is `(scale per scale,
-    short history in latent frames, first guided latent frame)`, or None when off."""
+    the guided latent frames from each prompt's first frame (None: all); `history_guidance` is None when off."""
 
     batch: int
     num_latent_frames: int
@@ -793,7 +791,7 @@ class _Sampling:
     window: int | None = None
     context: int = 1
     guidance_frames: int | None = None
-    history_guidance: tuple[torch.Tensor, int, int] | None = None
+    history_guidance: "_HistoryGuidance | None" = None
 
     def prompt_at(self, frame: int) -> tuple[int, dict]:
         """`(first latent frame, prefix arguments)` of the prompt that latent `frame` is sampled under."""
@@ -807,6 +805,14 @@ class _Sampling:
     @property
     def is_windowed(self) -> bool:
         return len(self.prefixes) > 1 or (self.window is not None and self.num_latent_frames > self.window)
+
+
+class _HistoryGuidance(NamedTuple):
+    """History guidance of one call (docs/method.md §8)."""
+
+    scales_K: torch.Tensor  # the factor per scale, coarse to fine
+    frames: int  # past latent frames the short-history branch sees
+    start: int  # the first latent frame it guides
 
 
 @dataclass
